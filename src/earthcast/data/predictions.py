@@ -1,0 +1,132 @@
+"""Write forecasts to netCDF in earthcast's stored-forecast schema, streamed batch by batch.
+
+Schema (read back by `earthcast eval predictions=<file>`; documented in the README):
+    prediction  (sample, [member,] lead_time, y, x)     SEVIR-like data, VIL units 0–255
+                (sample, [member,] lead_time, lat, lon) ENSO, °C anomalies, with lat/lon coordinates
+    target      same dims without member
+    context     (sample, context_time, y|lat, x|lon)    the inputs, for persistence references
+    per-sample metadata variables when present: event_id, event_type, time_utc, init_month, model
+    global attributes: dataset (picks the evaluator), model, source checkpoint, units, frame_minutes.
+The file is written under a temporary name and renamed when complete, so a crashed run never leaves a
+file that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import torch
+
+from earthcast import __version__
+
+_STRING_META = ("event_id", "event_type", "time_utc", "model")
+_INT_META = ("init_month", "seq_start")
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().float().cpu()
+    if x.shape[-1] == 1:  # channels-last single channel
+        x = x[..., 0]
+    return x.numpy()
+
+
+class PredictionWriter:
+    def __init__(self, path: str | Path, dataset: str, attrs: dict | None = None,
+                 max_samples: int | None = None, members: bool = False):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self.dataset = dataset
+        self.attrs = dict(attrs or {})
+        self.max_samples = max_samples
+        self.members = members
+        self.n_written = 0
+        self._nc: netCDF4.Dataset | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.max_samples is not None and self.n_written >= self.max_samples
+
+    def _open(self, prediction: np.ndarray, context: np.ndarray | None, meta: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        nc = netCDF4.Dataset(self.tmp_path, "w", format="NETCDF4")
+        geographic = "lat" in meta and "lon" in meta
+        ydim, xdim = ("lat", "lon") if geographic else ("y", "x")
+        height, width = prediction.shape[-2:]
+        nc.createDimension("sample", None)
+        if self.members:
+            nc.createDimension("member", prediction.shape[1])
+        nc.createDimension("lead_time", prediction.shape[-3])
+        nc.createDimension(ydim, height)
+        nc.createDimension(xdim, width)
+        if geographic:
+            for name, values in (("lat", meta["lat"]), ("lon", meta["lon"])):
+                values = np.asarray(values.cpu() if torch.is_tensor(values) else values)
+                var = nc.createVariable(name, "f4", (name,))
+                var[:] = values[0] if values.ndim == 2 else values
+                var.units = "degrees_north" if name == "lat" else "degrees_east"
+        spatial = (ydim, xdim)
+        chunk = (1, *prediction.shape[1:])
+        pred_dims = ("sample", "member", "lead_time", *spatial) if self.members else ("sample", "lead_time", *spatial)
+        units = "degC" if geographic else "VIL (0-255)"
+        for name, dims, chunks in (("prediction", pred_dims, chunk),
+                                   ("target", ("sample", "lead_time", *spatial), (1, *prediction.shape[-3:]))):
+            var = nc.createVariable(name, "f4", dims, zlib=True, complevel=1, chunksizes=chunks)
+            var.units = units
+        if context is not None:
+            nc.createDimension("context_time", context.shape[1])
+            var = nc.createVariable("context", "f4", ("sample", "context_time", *spatial), zlib=True, complevel=1,
+                                    chunksizes=(1, *context.shape[1:]))
+            var.units = units
+        for key in _STRING_META:
+            if key in meta:
+                nc.createVariable(key, str, ("sample",))
+        for key in _INT_META:
+            if key in meta:
+                nc.createVariable(key, "i4", ("sample",))
+        nc.setncatts({"dataset": self.dataset, "earthcast_version": __version__,
+                      "Conventions": "earthcast-forecast-1", **{k: str(v) for k, v in self.attrs.items()}})
+        self._nc = nc
+
+    def write(self, prediction: torch.Tensor, target: torch.Tensor, context: torch.Tensor | None,
+              meta: dict) -> None:
+        if self.full:
+            return
+        pred, tgt = _as_numpy(prediction), _as_numpy(target)
+        ctx = _as_numpy(context) if context is not None else None
+        if self._nc is None:
+            self._open(pred, ctx, meta)
+        take = len(pred) if self.max_samples is None else min(len(pred), self.max_samples - self.n_written)
+        start, stop = self.n_written, self.n_written + take
+        nc = self._nc
+        nc["prediction"][start:stop] = pred[:take]
+        nc["target"][start:stop] = tgt[:take]
+        if ctx is not None and "context" in nc.variables:
+            nc["context"][start:stop] = ctx[:take]
+        for key in _STRING_META:
+            if key in meta and key in nc.variables:
+                for i, value in enumerate(list(meta[key])[:take]):
+                    nc[key][start + i] = str(value)
+        for key in _INT_META:
+            if key in meta and key in nc.variables:
+                values = meta[key]
+                values = values.cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
+                nc[key][start:stop] = values[:take].astype("i4")
+        self.n_written = stop
+
+    def close(self) -> Path | None:
+        """Finish the file and move it into place; returns its path (None when nothing was written)."""
+        if self._nc is None:
+            return None
+        self._nc.close()
+        self._nc = None
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._nc is not None:
+            self._nc.close()
+            self._nc = None
+        self.tmp_path.unlink(missing_ok=True)
