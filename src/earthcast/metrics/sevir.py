@@ -1,0 +1,305 @@
+"""SEVIR / SEVIR-LR VIL nowcasting evaluator.
+
+Scores (keys in metrics.json; <thr> as written in the config, e.g. csi_16):
+  csi/pod/sucr/far/bias/hss_<thr>   from int64 hit/miss/false-alarm/correct-negative counts over all pixels,
+                                    frames and samples (event = VIL ≥ thr; NaN → null when undefined)
+  csi_m                             mean CSI over the thresholds whose CSI is defined (see below)
+  csi_<thr>_pool<k>, csi_m_pool<k>  the same after k×k non-overlapping max pooling (ceil mode at the edges)
+  fss_<thr>_<scale>                 fractions skill score, neighbourhood scale×scale pixels
+  mse, mae                          on VIL/255, as in the published SEVIR tables (reference.md)
+  crps, spread_skill, rank_hist_<r> ensembles (a deterministic forecast's crps is its MAE)
+  mean_intensity_error              |mean forecast VIL − target value| on /255, when meta gives the value
+  n_samples
+Deterministic scores of an ensemble are those of its member mean. With `reference: true` and a context,
+persistence (last context frame repeated) is scored on the same samples under `persistence/<key>`.
+
+CSI-M over undefined thresholds: a threshold nobody forecast or observed has CSI 0/0; it is left out of the
+mean rather than counted as 0 or 1. Over a full test set every threshold is defined, so CSI-M is the plain
+mean of the published tables; in small groups or single leads without heavy rain it is the mean over the
+thresholds that occurred (compare such rows with care — the highest thresholds usually score lowest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from earthcast.errors import UserError
+from earthcast.metrics import scores
+from earthcast.metrics.base import (
+    EVALUATORS,
+    ForecastEvaluator,
+    drop_channel,
+    json_ready,
+    require_numbers,
+    require_sizes,
+    score_frame,
+    split_forecast,
+    threshold_label,
+)
+
+#: event types of the SEVIR catalog's storm-event (id "S…") rows, from the NWS Storm Events database;
+#: randomly sampled ("R…") events have none and go to UNLABELED, types not listed go to OTHER
+SEVIR_EVENT_TYPES = (
+    "Hail",
+    "Thunderstorm Wind",
+    "Tornado",
+    "Funnel Cloud",
+    "Flash Flood",
+    "Heavy Rain",
+    "Flood",
+    "Lightning",
+)
+UNLABELED_GROUP = "unlabeled"
+OTHER_GROUP = "other"
+
+MODEL, PERSISTENCE = 0, 1
+SOURCE_PREFIXES = {MODEL: "", PERSISTENCE: "persistence/"}
+CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "bias", "hss")
+
+
+@EVALUATORS.register("sevir")
+class SevirEvaluator(ForecastEvaluator):
+    """Accumulates SEVIR scores over batches; see the module docstring for the keys."""
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (16, 74, 133, 160, 181, 219),
+        pool_sizes: Sequence[int] = (4, 16),
+        fss_thresholds: Sequence[float] = (74, 133, 181),
+        fss_scales: Sequence[int] = (1, 9, 33),
+        frame_minutes: float | None = None,
+        reference: bool = True,
+        crps_estimator: str = "fair",
+        value_scale: float = 255.0,
+        event_types: Sequence[str] = SEVIR_EVENT_TYPES,
+        intensity_target_key: str = "target_mean_intensity",
+        max_leads: int = 64,
+        max_members: int = 64,
+        monitor: str = "csi_m",
+        monitor_mode: str = "max",
+    ):
+        self.thresholds = require_numbers("thresholds", thresholds)
+        self.pool_sizes = require_sizes("pool_sizes", pool_sizes, minimum=2)
+        self.fss_thresholds = require_numbers("fss_thresholds", fss_thresholds, allow_empty=True)
+        self.fss_scales = require_sizes("fss_scales", fss_scales, minimum=1)
+        if self.fss_thresholds and not self.fss_scales:
+            raise UserError("evaluator.fss_scales is empty but fss_thresholds is not; give both or neither")
+        if isinstance(event_types, str) or any(not isinstance(name, str) for name in event_types):
+            raise UserError(f"evaluator.event_types must be a list of strings, got {event_types!r}")
+        if not (isinstance(value_scale, (int, float)) and value_scale > 0):
+            raise UserError(f"evaluator.value_scale must be a positive number, got {value_scale!r}")
+        if frame_minutes is not None and not (isinstance(frame_minutes, (int, float)) and frame_minutes > 0):
+            raise UserError(f"evaluator.frame_minutes must be a positive number or null, got {frame_minutes!r}")
+        self.groups = [*event_types, UNLABELED_GROUP, OTHER_GROUP]
+        self._group_index = {name.strip().casefold(): i for i, name in enumerate(event_types)}
+        super().__init__(
+            n_groups=len(self.groups),
+            max_leads=max_leads,
+            max_members=max_members,
+            crps_estimator=crps_estimator,
+            reference=reference,
+            monitor=monitor,
+            monitor_mode=monitor_mode,
+        )
+        self.frame_minutes = frame_minutes
+        self.value_scale = float(value_scale)
+        self.intensity_target_key = intensity_target_key
+        n_sources, n_groups, n_pools = 2, len(self.groups), 1 + len(self.pool_sizes)
+        counts_shape = (n_sources, n_groups, max_leads, n_pools, len(self.thresholds), 4)
+        self.add_state("counts", torch.zeros(counts_shape, dtype=torch.int64), dist_reduce_fx="sum")
+        fss_shape = (n_sources, max_leads, len(self.fss_thresholds), len(self.fss_scales), 2)
+        self.add_state("fss_sums", torch.zeros(fss_shape, dtype=torch.float64), dist_reduce_fx="sum")
+        # [Σ squared error, Σ absolute error, pixels] on the value_scale-normalised field
+        errors_shape = (n_sources, n_groups, max_leads, 3)
+        self.add_state("error_sums", torch.zeros(errors_shape, dtype=torch.float64), dist_reduce_fx="sum")
+        sample_shape = (n_sources, n_groups)
+        self.add_state("sample_counts", torch.zeros(sample_shape, dtype=torch.int64), dist_reduce_fx="sum")
+        # [Σ |mean intensity − target value|, forecasts scored]
+        self.add_state("intensity_sums", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+
+    # ------------------------------------------------------------------------------------------ update
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        context: torch.Tensor | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """pred/target in VIL units: B×T×H×W[×1], or pred B×M×T×H×W[×1] for an ensemble."""
+        target = drop_channel(target, "target")
+        deterministic, members = split_forecast(pred, target)
+        n_samples, n_leads = target.shape[:2]
+        self._claim_leads(n_leads)
+        groups = self._groups(meta, n_samples).to(target.device)
+        self._update_source(MODEL, deterministic, target, groups)
+        self._update_probabilistic(deterministic, members, target, groups, scale=self.value_scale)
+        self._update_intensity(members if members is not None else deterministic.unsqueeze(1), meta)
+        if self.reference and context is not None:
+            context = drop_channel(context, "context")
+            if context.shape[0] != n_samples or context.shape[-2:] != target.shape[-2:]:
+                raise ValueError(f"context {tuple(context.shape)} does not match target {tuple(target.shape)}")
+            persistence = context[:, -1:].expand_as(target)
+            self._update_source(PERSISTENCE, persistence, target, groups)
+
+    def _update_source(self, source: int, pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor) -> None:
+        n_leads = target.shape[1]
+        per_pool = [scores.contingency_counts(pred, target, self.thresholds)]
+        for size in self.pool_sizes:
+            pooled_pred, pooled_target = scores.max_pool_ceil(pred, size), scores.max_pool_ceil(target, size)
+            per_pool.append(scores.contingency_counts(pooled_pred, pooled_target, self.thresholds))
+        counts = torch.stack(per_pool, dim=2)  # B×T×P×K×4
+        device = self.counts.device
+        groups = groups.to(device)
+        self.counts[source, :, :n_leads].index_add_(0, groups, counts.to(device))
+
+        # scaled after summing: differences of integer-valued VIL are then exact in float32
+        error = pred - target
+        error_sums = torch.stack(
+            [
+                scores.spatial_sum(error**2) / self.value_scale**2,
+                scores.spatial_sum(error.abs()) / self.value_scale,
+                torch.full_like(error[..., 0, 0], error.shape[-2] * error.shape[-1], dtype=torch.float64),
+            ],
+            dim=-1,
+        )
+        self.error_sums[source, :, :n_leads].index_add_(0, groups, error_sums.to(device))
+        if self.fss_thresholds:
+            increment = scores.fss_sums(pred, target, self.fss_thresholds, self.fss_scales)
+            self.fss_sums[source, :n_leads] += increment.to(device)
+        self.sample_counts[source].index_add_(0, groups, torch.ones_like(groups))
+
+    def _update_intensity(self, members: torch.Tensor, meta: dict[str, Any] | None) -> None:
+        if not meta or meta.get(self.intensity_target_key) is None:
+            return
+        wanted = torch.as_tensor(meta[self.intensity_target_key], dtype=torch.float64).flatten()
+        if wanted.numel() != members.shape[0]:
+            raise ValueError(
+                f"meta[{self.intensity_target_key!r}] has {wanted.numel()} values for {members.shape[0]} samples"
+            )
+        forecast_mean = members.mean(dim=(2, 3, 4), dtype=torch.float64)  # B×M
+        error = (forecast_mean - wanted.to(forecast_mean.device).unsqueeze(1)).abs() / self.value_scale
+        increment = torch.stack([error.sum(), error.new_tensor(float(error.numel()))])
+        self.intensity_sums += increment.to(self.intensity_sums.device)
+
+    def _groups(self, meta: dict[str, Any] | None, n_samples: int) -> torch.Tensor:
+        event_types = (meta or {}).get("event_type")
+        if event_types is None:
+            return torch.full((n_samples,), self.groups.index(UNLABELED_GROUP), dtype=torch.int64)
+        if isinstance(event_types, str):
+            event_types = [event_types]
+        event_types = list(event_types)
+        if len(event_types) != n_samples:
+            raise ValueError(f"meta['event_type'] has {len(event_types)} entries for {n_samples} samples")
+        return torch.tensor([self._group_of(name) for name in event_types], dtype=torch.int64)
+
+    def _group_of(self, event_type: Any) -> int:
+        if isinstance(event_type, bytes):
+            event_type = event_type.decode()
+        if event_type is None or (isinstance(event_type, float) and math.isnan(event_type)):
+            return self.groups.index(UNLABELED_GROUP)
+        name = str(event_type).strip().casefold()
+        if name in ("", "nan", "none"):
+            return self.groups.index(UNLABELED_GROUP)
+        return self._group_index.get(name, self.groups.index(OTHER_GROUP))
+
+    # ----------------------------------------------------------------------------------------- compute
+    def compute(self) -> dict[str, float | None]:
+        n_leads = int(self.lead_count)
+        columns = {}
+        for source in self._sources():
+            columns.update(
+                self._score_columns(
+                    source,
+                    counts=self.counts[source, :, :n_leads].sum(dim=(0, 1)).unsqueeze(0),
+                    errors=self.error_sums[source, :, :n_leads].sum(dim=(0, 1)).unsqueeze(0),
+                    fss=self.fss_sums[source, :n_leads].sum(dim=0).unsqueeze(0),
+                    samples=self.sample_counts[source].sum().unsqueeze(0),
+                )
+            )
+        columns.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_leads].sum(dim=(0, 1))))
+        columns.update(self._rank_histogram())
+        if self.intensity_sums[1] > 0:
+            columns["mean_intensity_error"] = scores.safe_divide(self.intensity_sums[0], self.intensity_sums[1])
+        return json_ready({key: value.flatten()[0] if value.ndim else value for key, value in columns.items()})
+
+    def compute_by_lead(self) -> pd.DataFrame:
+        """One row per lead time: `lead` (1-based), `lead_minutes` when frame_minutes is set, then scores."""
+        with self._synced():
+            n_leads = int(self.lead_count)
+            leads = torch.arange(1, n_leads + 1)
+            table: dict[str, Any] = {"lead": leads.tolist()}
+            if self.frame_minutes is not None:
+                table["lead_minutes"] = (leads * self.frame_minutes).tolist()
+            for source in self._sources():
+                table.update(
+                    self._score_columns(
+                        source,
+                        counts=self.counts[source, :, :n_leads].sum(dim=0),
+                        errors=self.error_sums[source, :, :n_leads].sum(dim=0),
+                        fss=self.fss_sums[source, :n_leads],
+                    )
+                )
+            table.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_leads].sum(dim=0)))
+            return score_frame(table)
+
+    def compute_by_group(self) -> pd.DataFrame:
+        """One row per SEVIR event type that had samples (`group` column), scores over all leads."""
+        with self._synced():
+            n_leads = int(self.lead_count)
+            present = (self.sample_counts[MODEL] > 0).nonzero().flatten().tolist()
+            table: dict[str, Any] = {"group": [self.groups[i] for i in present]}
+            for source in self._sources():
+                table.update(
+                    self._score_columns(
+                        source,
+                        counts=self.counts[source, present, :n_leads].sum(dim=1),
+                        errors=self.error_sums[source, present, :n_leads].sum(dim=1),
+                        samples=self.sample_counts[source, present],
+                    )
+                )
+            table.update(self._probabilistic_scores(self.probabilistic_sums[present, :n_leads].sum(dim=1)))
+            return score_frame(table)
+
+    def _sources(self) -> list[int]:
+        if self.reference and int(self.sample_counts[PERSISTENCE].sum()) > 0:
+            return [MODEL, PERSISTENCE]
+        return [MODEL]
+
+    def _score_columns(
+        self,
+        source: int,
+        counts: torch.Tensor,
+        errors: torch.Tensor,
+        fss: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Score columns for R rows from counts R×P×K×4, errors R×3, fss R×K'×S×2, samples R."""
+        prefix = SOURCE_PREFIXES[source]
+        labels = [threshold_label(threshold) for threshold in self.thresholds]
+        columns: dict[str, torch.Tensor] = {}
+        if samples is not None:
+            columns[f"{prefix}n_samples"] = samples
+        unpooled = scores.categorical_scores(counts[:, 0])
+        columns[f"{prefix}csi_m"] = scores.nanmean(unpooled["csi"])
+        for name in CATEGORICAL_NAMES:
+            for k, label in enumerate(labels):
+                columns[f"{prefix}{name}_{label}"] = unpooled[name][:, k]
+        for p, size in enumerate(self.pool_sizes, start=1):
+            pooled_csi = scores.categorical_scores(counts[:, p])["csi"]
+            columns[f"{prefix}csi_m_pool{size}"] = scores.nanmean(pooled_csi)
+            for k, label in enumerate(labels):
+                columns[f"{prefix}csi_{label}_pool{size}"] = pooled_csi[:, k]
+        if fss is not None:
+            fss_values = scores.fss_from_sums(fss)
+            for k, threshold in enumerate(self.fss_thresholds):
+                for s, scale in enumerate(self.fss_scales):
+                    columns[f"{prefix}fss_{threshold_label(threshold)}_{scale}"] = fss_values[:, k, s]
+        columns[f"{prefix}mse"] = scores.safe_divide(errors[:, 0], errors[:, 2])
+        columns[f"{prefix}mae"] = scores.safe_divide(errors[:, 1], errors[:, 2])
+        return columns
+
