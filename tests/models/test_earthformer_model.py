@@ -1,0 +1,153 @@
+"""Earthformer model: published configurations, global vectors, training sanity, autocast, patch merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from earthcast.errors import UserError
+from earthcast.models import MODELS, build_model
+from earthcast.models.earthformer import Earthformer, EarthformerConfig, build_earthformer
+from earthcast.models.earthformer.blocks import PatchMerge, SelfAttentionBlock
+from earthcast.models.earthformer.patterns import self_pattern
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+# (in_len, out_len, height, width, channels) of the published configurations
+PUBLISHED = {"sevir": (13, 12, 384, 384, 1), "sevirlr": (7, 6, 128, 128, 1), "enso": (12, 14, 24, 48, 1)}
+# parameters of the reference implementation with the released hyper-parameters (shared/reference.md)
+REFERENCE_PARAMS = {"sevir": 8_659_677, "sevirlr": 1_505_069, "enso": 1_394_325}
+# ours: the decoder's temporal self-attention table covers T_out frames (the reference sizes it by T_in),
+# (2·13−1 − (2·12−1))·4 heads = 8 fewer for SEVIR/SEVIR-LR, (2·14−1 − (2·12−1))·4 = 16 more for ENSO
+OUR_PARAMS = {"sevir": 8_659_669, "sevirlr": 1_505_061, "enso": 1_394_341}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine every parallel region
+    would wait for a descheduled thread; one thread keeps these tests fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def load(name: str, in_len: int, out_len: int, height: int, width: int, channels: int = 1):
+    dataset = dict(in_len=in_len, out_len=out_len, height=height, width=width, channels=channels)
+    cfg = OmegaConf.merge({"dataset": dataset}, {"model": OmegaConf.load(CONFIGS / f"{name}.yaml")})
+    return cfg.model
+
+
+def tiny(**overrides) -> Earthformer:
+    settings = dict(in_len=5, out_len=3, height=16, width=16, base_units=16, num_heads=2,
+                    stem_type="stack_conv", stem_dims=[16], stem_scales=[2], stem_num_convs=[1],
+                    attn_drop=0.0, proj_drop=0.0, ffn_drop=0.0)
+    settings.update(overrides)
+    return Earthformer(EarthformerConfig(**settings))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_of_published_configs(name):
+    model = build_model(load(f"earthformer_{name}", *PUBLISHED[name]))
+    count = sum(p.numel() for p in model.parameters())
+    assert count == OUR_PARAMS[name]
+    assert abs(count - REFERENCE_PARAMS[name]) / REFERENCE_PARAMS[name] < 0.005
+
+
+@pytest.mark.parametrize("name, shape", [("sevir", (13, 12, 48, 48)), ("sevirlr", (7, 6, 32, 32)),
+                                         ("enso", (12, 14, 24, 48))])
+def test_published_configs_forward_at_small_resolution(name, shape):
+    in_len, out_len, height, width = shape
+    model = MODELS.get("earthformer")(load(f"earthformer_{name}", *shape)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, in_len, height, width, 1))
+    assert out.shape == (1, out_len, height, width, 1) and torch.isfinite(out).all()
+
+
+def test_config_errors_are_user_errors():
+    cfg = load("earthformer_sevirlr", 7, 6, 32, 32)
+    cfg.enc_dept = [1]
+    with pytest.raises(UserError, match="enc_dept"):
+        build_earthformer(cfg)
+    with pytest.raises(ValueError, match="built for"):
+        tiny()(torch.rand(1, 4, 16, 16, 1))
+
+
+@pytest.mark.parametrize("separate, self_attn, ratio", [(False, False, 1), (True, True, 1), (True, False, 2)])
+def test_global_vector_shapes(separate, self_attn, ratio):
+    block = SelfAttentionBlock(16, 2, self_pattern("axial", (3, 4, 5)), use_global_vectors=True,
+                               global_ffn=True, use_global_self_attn=self_attn, separate_global_qkv=separate,
+                               global_dim_ratio=ratio)
+    x, g = block(torch.randn(2, 3, 4, 5, 16), torch.randn(2, 6, 16 * ratio))
+    assert x.shape == (2, 3, 4, 5, 16) and g.shape == (2, 6, 16 * ratio)
+
+    model = tiny(num_global_vectors=4, use_global_self_attn=self_attn, separate_global_qkv=separate,
+                 global_dim_ratio=ratio, use_dec_self_global=True, use_dec_cross_global=True,
+                 use_global_vector_ffn=True)
+    assert model.global_vectors.shape == (4, 16 * ratio)
+    x = model.pos_embed(model.stem(torch.rand(2, 5, 16, 16, 1)))
+    memory, memory_globals = model.encoder(x, model.global_vectors.expand(2, -1, -1))
+    assert [tuple(m.shape) for m in memory] == [(2, 5, 8, 8, 16), (2, 5, 4, 4, 32)]
+    assert [tuple(g.shape) for g in memory_globals] == [(2, 4, 16 * ratio), (2, 4, 32 * ratio)]
+    out = model(torch.rand(2, 5, 16, 16, 1))
+    out.mean().backward()
+    assert out.shape == (2, 3, 16, 16, 1)
+    assert model.global_vectors.grad is not None and model.global_vectors.grad.abs().sum() > 0
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = tiny(in_len=4, out_len=2, height=8, width=8, enc_depth=[1], dec_depth=[1], stem_scales=[1])
+    inputs = torch.rand(4, 4, 8, 8, 1)
+    targets = inputs[:, -2:].flip(-2)  # something to learn
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
+
+
+def test_bf16_autocast_forward_is_finite():
+    # padding (T 5, H/W 8 → cuboids of 2, 3), shifts, globals and a dilated layer all under bf16
+    model = tiny(self_pattern="video_swin_2x3", cross_self_pattern="spatial_lg_3", cross_pattern="cross_3x3_heter",
+                 num_global_vectors=2, use_dec_cross_global=True, separate_global_qkv=True,
+                 use_global_self_attn=True).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 5, 16, 16, 1))
+    assert out.shape == (2, 3, 16, 16, 1) and torch.isfinite(out.float()).all()
+
+
+def test_patch_merge_pads_time():
+    merge = PatchMerge(4, 6, (2, 2, 2))
+    x = torch.randn(1, 3, 4, 5, 4)  # T = 3 (odd), W = 5
+    out = merge(x)
+    assert out.shape == (1, 2, 2, 3, 6) and merge.out_shape((3, 4, 5, 4)) == (2, 2, 3, 6)
+    manual = torch.nn.functional.pad(x, (0, 0, 0, 1, 0, 0, 0, 1))  # zeros at the end of T and W
+    assert torch.allclose(out, merge(manual))
+    # a time-merging stem on an odd number of frames runs end to end
+    model = tiny(in_len=5, stem_scales=[[2, 2, 2]])
+    assert model(torch.rand(1, 5, 16, 16, 1)).shape == (1, 3, 16, 16, 1)
+
+
+@pytest.mark.parametrize("method", ["zeros", "last", "mean", "nearest_interp"])
+def test_decoder_query_methods(method):
+    model = tiny(z_init_method=method, checkpoint_level=2, gated_ffn=True, pos_embed_type="t+hw")
+    out = model(torch.rand(2, 5, 16, 16, 1))
+    out.mean().backward()
+    assert out.shape == (2, 3, 16, 16, 1)
+
+
+def test_quickstart_config_is_small():
+    model = build_model(load("earthformer", 13, 12, 64, 64))
+    count = sum(p.numel() for p in model.parameters())
+    assert 100_000 <= count <= 500_000  # a few hundred thousand: trains in minutes on 2 CPU cores
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 13, 64, 64, 1)).shape == (1, 12, 64, 64, 1)
