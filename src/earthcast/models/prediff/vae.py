@@ -1,0 +1,188 @@
+"""Frame-wise KL autoencoder (PreDiff stage 1; the latent-diffusion VAE of Rombach et al., 2022).
+
+Each frame is encoded on its own: (B, T, H, W, C) → (B, T, H/f, W/f, C_z) with f = 2^(levels − 1).
+Encoder: 3×3 conv → per level `blocks_per_level` residual blocks, then a strided conv (all but the last
+level) → mid block [residual, spatial attention, residual] → norm, SiLU, 3×3 conv to 2·C_z (mean, log σ²).
+The decoder mirrors it with nearest-neighbour upsampling. SEVIR-LR at paper scale: 128×128 → 16×16×64
+with channels [128, 256, 512, 512] (reference.md; the published VAE config).
+
+`PatchDiscriminator` is the optional adversarial critic (PatchGAN, Isola et al., 2017) scoring overlapping
+patches of single frames; it uses GroupNorm, so no statistic is shared across the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from earthcast.models.earthformer.blocks import frames, unframes
+from earthcast.models.prediff.layers import ResnetBlock, SpatialAttention, group_norm
+
+
+class DiagonalGaussian:
+    """N(mean, exp(logvar)) per latent element; log-variance clamped for numerical safety."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=-1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + (0.5 * self.logvar).exp() * noise
+
+    def kl(self) -> torch.Tensor:
+        """KL(q ‖ N(0, I)) summed over each sample's latent elements → (B,)."""
+        kl = 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).sum(dim=1)
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, groups: int, dropout: float, attention: bool):
+        super().__init__()
+        self.res1 = ResnetBlock(channels, channels, groups, dropout)
+        self.attn = SpatialAttention(channels, groups) if attention else nn.Identity()
+        self.res2 = ResnetBlock(channels, channels, groups, dropout)
+
+    def forward(self, x):
+        return self.res2(self.attn(self.res1(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels: int, channels: Sequence[int], blocks_per_level: int, latent_channels: int,
+                 groups: int, dropout: float, mid_attention: bool):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        width = channels[0]
+        for i, out in enumerate(channels):
+            blocks = []
+            for _ in range(blocks_per_level):
+                blocks.append(ResnetBlock(width, out, groups, dropout))
+                width = out
+            level = nn.Module()
+            level.blocks = nn.ModuleList(blocks)
+            # stride-2 conv with right/bottom padding: exact halving of even sizes
+            level.down = nn.Conv2d(width, width, 3, stride=2) if i < len(channels) - 1 else None
+            self.levels.append(level)
+        self.mid = _Mid(width, groups, dropout, mid_attention)
+        self.norm_out = group_norm(width, groups)
+        self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.levels:
+            for block in level.blocks:
+                h = block(h)
+            if level.down is not None:
+                h = level.down(F.pad(h, (0, 1, 0, 1)))
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, out_channels: int, channels: Sequence[int], blocks_per_level: int, latent_channels: int,
+                 groups: int, dropout: float, mid_attention: bool):
+        super().__init__()
+        width = channels[-1]
+        self.conv_in = nn.Conv2d(latent_channels, width, 3, padding=1)
+        self.mid = _Mid(width, groups, dropout, mid_attention)
+        self.levels = nn.ModuleList()
+        for i, out in reversed(list(enumerate(channels))):
+            blocks = []
+            for _ in range(blocks_per_level + 1):
+                blocks.append(ResnetBlock(width, out, groups, dropout))
+                width = out
+            level = nn.Module()
+            level.blocks = nn.ModuleList(blocks)
+            level.up = nn.Conv2d(width, width, 3, padding=1) if i > 0 else None
+            self.levels.append(level)
+        self.norm_out = group_norm(width, groups)
+        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in self.levels:
+            for block in level.blocks:
+                h = block(h)
+            if level.up is not None:
+                h = level.up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class FrameAutoencoder(nn.Module):
+    """KL autoencoder applied frame by frame to channels-last sequences."""
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (128, 256, 512, 512),
+                 blocks_per_level: int = 2, latent_channels: int = 64, norm_groups: int = 32,
+                 dropout: float = 0.0, mid_attention: bool = True):
+        super().__init__()
+        channels = [int(c) for c in channels]
+        self.in_channels, self.latent_channels = in_channels, latent_channels
+        self.downsample_factor = 2 ** (len(channels) - 1)
+        self.encoder = Encoder(in_channels, channels, blocks_per_level, latent_channels, norm_groups, dropout,
+                               mid_attention)
+        # 1×1 convs around the latent (LDM's quant_conv / post_quant_conv): the latent gets its own mixing
+        self.to_moments = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
+        self.from_latent = nn.Conv2d(latent_channels, latent_channels, 1)
+        self.decoder = Decoder(in_channels, channels, blocks_per_level, latent_channels, norm_groups, dropout,
+                               mid_attention)
+
+    def latent_shape(self, frame_hw: tuple[int, int]) -> tuple[int, int, int]:
+        f = self.downsample_factor
+        return frame_hw[0] // f, frame_hw[1] // f, self.latent_channels
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """(B, T, H, W, C) → posterior over (B, T, H/f, W/f, C_z)."""
+        f = self.downsample_factor
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"frame size {tuple(x.shape[2:4])} is not a multiple of the VAE's downsampling {f}")
+        moments = self.to_moments(self.encoder(frames(x).contiguous()))
+        return DiagonalGaussian(unframes(moments, x.shape[0]))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, w, C_z) → (B, T, h·f, w·f, C)."""
+        out = self.decoder(self.from_latent(frames(z).contiguous()))
+        return unframes(out, z.shape[0])
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
+        posterior = self.encode(x)
+        z = posterior.sample() if sample else posterior.mean
+        return self.decode(z), posterior
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN critic on single frames: strided 4×4 convs, GroupNorm, LeakyReLU → a logit per patch."""
+
+    def __init__(self, in_channels: int = 1, channels: int = 64, layers: int = 3, norm_groups: int = 32):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        width = channels
+        for i in range(1, layers + 1):
+            out = channels * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            blocks += [nn.Conv2d(width, out, 4, stride, 1, bias=False), group_norm(out, norm_groups),
+                       nn.LeakyReLU(0.2)]
+            width = out
+        blocks.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, C) → patch logits (B·T, 1, h, w)."""
+        return self.net(frames(x).contiguous())
+
+
+def build_autoencoder(cfg: Mapping) -> FrameAutoencoder:
+    return FrameAutoencoder(in_channels=int(cfg.get("in_channels", 1)), channels=list(cfg["channels"]),
+                            blocks_per_level=int(cfg.get("blocks_per_level", 2)),
+                            latent_channels=int(cfg["latent_channels"]), norm_groups=int(cfg.get("norm_groups", 32)),
+                            dropout=float(cfg.get("dropout", 0.0)), mid_attention=bool(cfg.get("mid_attention", True)))
+
+
+def build_discriminator(cfg: Mapping | None, in_channels: int = 1) -> PatchDiscriminator | None:
+    if not cfg or not cfg.get("enabled", False):
+        return None
+    return PatchDiscriminator(in_channels, int(cfg.get("channels", 64)), int(cfg.get("layers", 3)),
+                              int(cfg.get("norm_groups", 32)))
