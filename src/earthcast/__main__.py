@@ -1,0 +1,3 @@
+from earthcast.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""`earthcast info`: shapes, parameter count, forward GFLOPs per sample, peak memory and (optionally)
+timings of one training step — everything needed to size a run before queueing it."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch.utils.flop_counter import FlopCounterMode
+
+from earthcast.models import build_model
+from earthcast.tasks.runtime import write_json_atomic
+
+
+def example_inputs(cfg_dataset, batch_size: int) -> torch.Tensor:
+    shape = (batch_size, int(cfg_dataset.in_len), int(cfg_dataset.height), int(cfg_dataset.width),
+             int(cfg_dataset.channels))
+    return torch.rand(shape)
+
+
+def forward_gflops(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """GFLOPs of one forward pass per sample (torch's FLOP counter: matmuls and convolutions)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(inputs[:1])
+    return counter.get_total_flops() / 1e9
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def train_step_fn(model: torch.nn.Module, inputs: torch.Tensor):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if any(p.requires_grad for p in model.parameters()) \
+        else None
+
+    def step():
+        output = model(inputs)
+        if optimizer is None:
+            return output
+        loss = output.float().square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def time_calls(fn, warmup: int, repeats: int, sync=None) -> float:
+    """Median wall seconds of fn() after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup: int, repeats: int) -> dict:
+    device = inputs.device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else None
+    facts: dict = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gflops_forward_per_sample": forward_gflops(model, inputs),
+    }
+    step = train_step_fn(model, inputs)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        facts["peak_memory_mb_train_step"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        before = _peak_rss_mb()
+        step()
+        # process high-water mark growth during the step: an upper-bound estimate on CPU
+        facts["peak_memory_mb_train_step"] = max(0.0, _peak_rss_mb() - before)
+        facts["peak_rss_mb"] = _peak_rss_mb()
+    if bench:
+        facts["train_step_s"] = time_calls(step, warmup, repeats, sync)
+        with torch.no_grad():
+            facts["inference_s"] = time_calls(lambda: model(inputs), warmup, repeats, sync)
+        batch = inputs.shape[0]
+        facts["achieved_gflops_per_s_train"] = 3 * facts["gflops_forward_per_sample"] * batch / facts["train_step_s"]
+    return facts
+
+
+def run_info(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.paths.output_dir)
+    model = build_model(cfg.model)
+    batch_size = int(cfg.batch_size)
+    inputs = example_inputs(cfg.dataset, batch_size)
+    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+                          else "cpu")
+    model, inputs = model.to(device), inputs.to(device)
+    with torch.no_grad():
+        output = model(inputs[:1])
+    facts = {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "input_shape": list(inputs.shape[1:]),
+        "output_shape": list(output.shape[1:]),
+        "layout": "T x H x W x C per sample",
+        "batch_size": batch_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        **measure(model, inputs, bench=bool(cfg.bench), warmup=int(cfg.warmup), repeats=int(cfg.repeats)),
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+    }
+    write_json_atomic(run_dir / "info.json", facts)
+    console = Console()
+    console.print(f"[bold]{cfg.model.name}[/bold] on {cfg.dataset.name}")
+    for key, value in facts.items():
+        if key == "model_config":
+            continue
+        console.print(f"  {key:<28} {value:,.4g}" if isinstance(value, float) else f"  {key:<28} {value}")
+    console.print(f"wrote {run_dir / 'info.json'}")
+    return facts

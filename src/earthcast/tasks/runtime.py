@@ -1,0 +1,126 @@
+"""Shared plumbing of the subcommands: trainer construction, checkpoints, and run-directory outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from earthcast.errors import UserError
+from earthcast.tasks.optim import accumulation_steps
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    """JSON with NaN written as null; temp name then rename, so a crash never leaves a half file."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean(payload), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv_atomic(path: Path, frame) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _instantiate_group(node: DictConfig | None) -> list:
+    if not node:
+        return []
+    return [instantiate(value) for value in node.values() if value and "_target_" in value]
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    """Devices × nodes as the trainer will use them (needed before the trainer exists)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        count = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        accelerator = trainer_cfg.get("accelerator", "cpu")
+        count = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
+    else:
+        count = int(devices)
+    return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
+    """A Lightning trainer from cfg.trainer; loggers/callbacks from their groups; accumulation from optim."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for key in ("accumulate_grad_batches", "gradient_clip_val", "callbacks", "logger"):
+        if key in kwargs:
+            raise UserError(f"trainer.{key} is set by earthcast; use optim.total_batch_size, "
+                            f"optim.gradient_clip_val, callbacks=..., logger=... instead")
+    kwargs["accumulate_grad_batches"] = accumulation_steps(
+        cfg.optim.get("total_batch_size"), int(cfg.dataset.batch_size), world_size(cfg.trainer))
+    kwargs["gradient_clip_val"] = cfg.optim.get("gradient_clip_val")
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not fit:
+        callbacks = [c for c in callbacks if not isinstance(c, (L.pytorch.callbacks.ModelCheckpoint,
+                                                                 L.pytorch.callbacks.EarlyStopping,
+                                                                 L.pytorch.callbacks.LearningRateMonitor))]
+    loggers = _instantiate_group(cfg.get("logger")) if fit else False
+    return L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read an earthcast checkpoint with weights_only=True; one-line errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/best.ckpt "
+                        f"(or last.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it is corrupt, truncated or "
+                        f"not a checkpoint: re-copy it or pick another") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict); pick a checkpoints/*.ckpt file")
+    return checkpoint
+
+
+def checkpoint_overrides(checkpoint: dict) -> list[str]:
+    """The command-line overrides the checkpoint's run was composed with (replayed to rebuild it)."""
+    return list(checkpoint.get("earthcast", {}).get("overrides", []))
+
+
+def restore_weights(task, checkpoint: dict, path: str | os.PathLike) -> None:
+    try:
+        task.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit model={task.config['model']['name']} as configured "
+                        f"({first}); drop the model overrides that differ from the training run") from None
+
+
+def restore_datamodule_state(datamodule, checkpoint: dict) -> None:
+    """Datamodule state (e.g. ENSO normalisation statistics) saved by Lightning beside the weights."""
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state and hasattr(datamodule, "load_state_dict"):
+        datamodule.load_state_dict(state)
+
+
+def checkpoint_callback(trainer: L.Trainer):
+    for callback in trainer.callbacks:
+        if isinstance(callback, L.pytorch.callbacks.ModelCheckpoint):
+            return callback
+    return None
