@@ -94,6 +94,30 @@ def test_shifted_cuboids_never_attend_across_the_wrap():
     assert allowed.any(-1).all()  # every token keeps at least itself
 
 
+@pytest.mark.parametrize("shape, layer", [
+    ((3, 5, 7), CuboidLayer((2, 3, 4), ("l", "l", "l"), (1, 1, 2))),  # padding on every axis + shift
+    ((5, 8, 6), CuboidLayer((2, 4, 3), ("l", "d", "l"), (1, 2, 1))),  # dilated H: its shift is dropped
+    ((4, 6, 6), CuboidLayer((8, 3, 3), ("l", "l", "l"), (3, 1, 1))),  # T clamped to the axis: no T shift
+])
+def test_shifted_padded_cuboids_attend_only_real_unwrapped_neighbours(shape, layer):
+    """The mask on the padded, shifted grid equals the rule written out on original coordinates: a query
+    may attend a key iff the key is a real token and, along every local axis, the two came from the same
+    cuboid before the shift (no wrapping)."""
+    layer = fit_cuboid(shape, layer)
+    grid = padded(shape, layer.size)
+    allowed = self_attention_mask(shape, layer)
+    coords = torch.roll(coordinate_grid(*grid), shifts=tuple(-s for s in layer.shift), dims=(1, 2, 3))
+    origin = to_cuboids(coords, layer.size, layer.strategy)[0]  # (n, V, 3) pre-shift position, padded grid
+    real = (origin < torch.tensor(shape)).all(-1)  # (n, V)
+    distance = (origin[:, :, None, :] - origin[:, None, :, :]).abs()
+    local = torch.tensor([kind == "l" for kind in layer.strategy])
+    unwrapped = ((distance < torch.tensor(layer.size)) | ~local).all(-1)
+    assert torch.equal(allowed, unwrapped & real[:, None, :])
+    is_real = token_is_real(shape, layer)  # None: nothing padded
+    assert real.all() if is_real is None else torch.equal(is_real, real)
+    assert allowed.any(-1)[real].all()  # every real query keeps at least itself
+
+
 def test_no_mask_without_padding_or_shift():
     assert self_attention_mask((4, 6, 6), CuboidLayer((2, 3, 3))) is None
     assert token_is_real((4, 6, 6), CuboidLayer((2, 3, 3))) is None
@@ -167,6 +191,25 @@ def test_relative_position_index_hand_checked():
     assert torch.equal(cross, torch.tensor([[7, 6, 5], [8, 7, 6]]))
     with pytest.raises(ValueError):
         relative_position_index((4, 1, 1), (4, 1, 1), (3, 1, 1))
+
+
+@pytest.mark.parametrize("query, key, table, offset", [
+    ((2, 3, 1), (2, 3, 1), (2, 3, 1), 0),  # full-size cuboid
+    ((1, 2, 3), (1, 2, 3), (4, 4, 4), 0),  # clamped on every axis
+    ((2, 1, 2), (2, 1, 2), (3, 1, 3), 0),  # clamped on the inner axes only (the reference's failure case)
+    ((2, 2, 2), (3, 2, 2), (5, 2, 2), 3),  # cross attention: queries after the memory frames
+])
+def test_relative_position_index_decodes_to_the_true_offset(query, key, table, offset):
+    """Every index row decodes, with the table's strides, to exactly query − key coordinates."""
+    index = relative_position_index(query, key, table, query_time_offset=offset)
+    span = [2 * n - 1 for n in table]
+    decoded = torch.stack([index // (span[1] * span[2]), index // span[2] % span[1], index % span[2]], -1)
+    decoded = decoded - torch.tensor(table) + 1
+    grids = [torch.stack(torch.meshgrid(*(torch.arange(n) for n in size), indexing="ij"), -1).reshape(-1, 3)
+             for size in (query, key)]
+    grids[0][:, 0] += offset
+    assert torch.equal(decoded, grids[0][:, None, :] - grids[1][None, :, :])
+    assert 0 <= index.min() and index.max() < span[0] * span[1] * span[2]
 
 
 def test_bias_table_size_and_clamped_use():
