@@ -114,6 +114,16 @@ def replay_checkpoint(subcommand: str, overrides: list[str]) -> list[str]:
     return merged
 
 
+# `earthcast info +bench=true` (as documented) and `bench=true` both work: these keys already exist in
+# info.yaml, where Hydra would refuse to append them again
+_INFO_KEYS = ("bench", "warmup", "repeats", "batch_size")
+
+
+def plain_info_keys(overrides: list[str]) -> list[str]:
+    return [o[1:] if o.startswith("+") and not o.startswith("++") and _override_key(o) in _INFO_KEYS else o
+            for o in overrides]
+
+
 def _first_sweep_value(override: str) -> str:
     """Compose-check a sweep (`k=a,b` or range/choice) with its first value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -204,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     if subcommand == "data" and words and words[0] in DATA_ACTIONS:
         words = [f"action={words[0]}", *words[1:]]
     flags, overrides = split_flags(words)
+    if subcommand == "info":
+        overrides = plain_info_keys(overrides)
     if not any(f in _HELP_FLAGS for f in flags):
         try:
             overrides = replay_checkpoint(subcommand, overrides)

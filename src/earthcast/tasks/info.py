@@ -6,13 +6,17 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from earthcast.errors import UserError
 from earthcast.models import build_model
 from earthcast.tasks.runtime import write_json_atomic
 
@@ -32,6 +36,46 @@ def forward_gflops(model: torch.nn.Module, inputs: torch.Tensor) -> float:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Live and peak bytes of tensor storages created while active, on any device.
+
+    The CPU has no allocator statistics like CUDA's max_memory_allocated, and the process's RSS high-water
+    mark only grows (it says nothing about a step after a larger one). So every op's outputs are seen here,
+    each new storage is counted once, and a finalizer subtracts it when it is freed (autograd's saved
+    tensors stay alive until backward releases them). Slow (a Python call per op): for one step, not timing."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            storage = tensor.untyped_storage()
+            key = id(storage)
+            if key in self._seen:  # a view or an in-place result: no new memory
+                continue
+            nbytes = storage.nbytes()
+            self._seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._release, key, nbytes)
+        return out
+
+
+def _resident_bytes(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """Memory already held when the step starts: parameters, buffers and the input batch."""
+    tensors = [*model.parameters(), *model.buffers(), inputs]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def train_step_fn(model: torch.nn.Module, inputs: torch.Tensor):
@@ -82,11 +126,15 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
         step()
         torch.cuda.synchronize()
         facts["peak_memory_mb_train_step"] = torch.cuda.max_memory_allocated() / 2**20
+        facts["peak_memory_method"] = "torch.cuda.max_memory_allocated"
     else:
-        before = _peak_rss_mb()
-        step()
-        # process high-water mark growth during the step: an upper-bound estimate on CPU
-        facts["peak_memory_mb_train_step"] = max(0.0, _peak_rss_mb() - before)
+        # the first step, as on a GPU after reset: parameters and batch, then activations, gradients and
+        # the optimizer's state as they are allocated and freed
+        resident = _resident_bytes(model, inputs)
+        with TensorMemoryTracker() as tracker:
+            step()
+        facts["peak_memory_mb_train_step"] = (resident + tracker.peak) / 2**20
+        facts["peak_memory_method"] = "tensor storages live at once"
         facts["peak_rss_mb"] = _peak_rss_mb()
     if bench:
         facts["train_step_s"] = time_calls(step, warmup, repeats, sync)
@@ -97,7 +145,24 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
     return facts
 
 
+def _choice(group: str) -> str | None:
+    """The config file picked for a group (e.g. earthformer_sevirlr for model), when run through Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    if not isinstance(cfg.bench, bool):
+        raise UserError(f"bench={cfg.bench!r}: use bench=true or bench=false")
+    for key, low in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserError(f"{key}={value!r}: use a whole number >= {low}")
+
+
 def run_info(cfg: DictConfig) -> dict:
+    _check_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     model = build_model(cfg.model)
     batch_size = int(cfg.batch_size)
@@ -109,6 +174,7 @@ def run_info(cfg: DictConfig) -> dict:
         output = model(inputs[:1])
     facts = {
         "model": cfg.model.name,
+        "model_config_name": _choice("model"),
         "dataset": cfg.dataset.name,
         "input_shape": list(inputs.shape[1:]),
         "output_shape": list(output.shape[1:]),
