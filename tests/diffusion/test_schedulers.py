@@ -164,3 +164,32 @@ def test_guidance_shift_is_added_to_the_mean_with_the_ancestral_variance():
     guided, _ = sampler.step(Linear(), x, 5, 4, guidance=guidance)
     assert torch.allclose(guided - plain, torch.ones_like(x))
     assert seen[0][1] == pytest.approx(schedule.step_variance(5, 4, eta=1.0).item())
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "v"])
+def test_ddim_with_eta_one_and_every_step_is_the_ddpm_sampler(prediction_type):
+    """Same noise draws, same chain: DDIM(η = 1, S = T) reproduces ancestral DDPM sample for sample."""
+    schedule = NoiseSchedule(scaled_linear_betas(30, 1e-3, 0.1))
+    x_T = torch.randn(3, 4, dtype=torch.float64)
+    ddpm = DDPMSampler(schedule, prediction_type=prediction_type)
+    ddim = DDIMSampler(schedule, steps=30, eta=1.0, prediction_type=prediction_type)
+    assert ddim.transitions() == ddpm.transitions()
+    first = ddpm.sample(Linear(), x_T, generator=torch.Generator().manual_seed(3))
+    second = ddim.sample(Linear(), x_T, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(first, second, atol=1e-12)
+
+
+def test_respaced_ddim_lands_close_to_the_full_chain_for_a_smooth_denoiser():
+    """η = 0 with 50 of 1000 steps follows the all-step probability-flow path up to its discretisation error
+    (a few per cent for this Gaussian)."""
+    schedule = NoiseSchedule(scaled_linear_betas(1000, 1e-4, 2e-2))
+    x_T = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def gaussian(x_t, t):  # the exact ε̂ for data ~ N(0, 0.25 I)
+        a = schedule.alpha_bar(t).reshape(-1, 1).to(x_t)
+        return (1 - a).sqrt() * x_t / (0.25 * a + 1 - a)
+
+    full = DDIMSampler(schedule, steps=1000, eta=0.0).sample(gaussian, x_T)
+    short = DDIMSampler(schedule, steps=50, eta=0.0).sample(gaussian, x_T)
+    assert full.std().item() == pytest.approx(0.5, rel=0.15)
+    assert bool(((short - full).abs() <= 0.05 * full.abs() + 1e-3).all())
