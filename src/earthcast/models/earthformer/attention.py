@@ -35,6 +35,7 @@ from earthcast.models.earthformer.cuboid import (
     to_cuboids,
     token_is_real,
 )
+from earthcast.models.earthformer.dropout import Dropout, dropout
 from earthcast.models.earthformer.patterns import CrossLayer
 
 
@@ -56,7 +57,7 @@ def attend(q, k, v, mask: torch.Tensor | None, dropout_p: float, scale: float) -
             scores = scores + mask
         weights = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
-            weights = F.dropout(weights, dropout_p, training=True)
+            weights = dropout(weights, dropout_p)
         return torch.matmul(weights, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
@@ -155,7 +156,7 @@ class CuboidSelfAttention(_CuboidAttentionBase):
         self.norm = norm_layer(norm, dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim) if use_final_proj else nn.Identity()
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
         self.use_global_vectors, self.use_global_self_attn = use_global_vectors, use_global_self_attn
         self.separate_global_qkv = separate_global_qkv
@@ -289,7 +290,7 @@ class CuboidCrossAttention(_CuboidAttentionBase):
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.kv_proj = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.use_global_vectors, self.separate_global_qkv = use_global_vectors, separate_global_qkv
         if use_global_vectors and separate_global_qkv:
             self.l2g_q = nn.Linear(dim, dim, bias=False)

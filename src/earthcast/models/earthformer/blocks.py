@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from earthcast.models.earthformer.attention import CuboidCrossAttention, CuboidSelfAttention, norm_layer
 from earthcast.models.earthformer.cuboid import CuboidLayer, Size3, pad_grid
+from earthcast.models.earthformer.dropout import Dropout
 from earthcast.models.earthformer.patterns import CrossLayer
 
 
@@ -35,7 +36,7 @@ class FeedForward(nn.Module):
         self.gate = nn.Linear(dim, hidden) if gated else None
         self.act = activation(act)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -211,7 +212,7 @@ class Upsample(nn.Module):
     output groups, one per sub-pixel phase, whose kernels are sums of the 3×3 taps: the same function and
     parameters for 4/9 of the multiply-adds. With zero padding 1 the folded convolution yields (h+1)×(w+1)
     positions; phase 0 needs rows i (its window starts one row up), the others rows i+1. Listing phase 0 last
-    makes pixel_shuffle put every phase at the right place shifted by s−1, so one crop finishes the job."""
+    makes the pixel shuffle put every phase at the right place shifted by s−1, so one crop finishes the job."""
 
     def __init__(self, dim: int, out_dim: int, target_hw: tuple[int, int], kernel_size: int = 3):
         super().__init__()
@@ -232,9 +233,13 @@ class Upsample(nn.Module):
         """(N, C, h, w) → (N, C_out, s·h, s·w), a cropped view."""
         weight, bias = self.conv.weight, self.conv.bias
         taps = _phase_taps(s).to(weight)
-        # (C_out, phase_y, phase_x, C_in, 2, 2): pixel_shuffle's channel order is (c, phase_y, phase_x)
-        folded = torch.einsum("yad,xbe,oide->oyxiab", taps, taps, weight).flatten(0, 2)
-        out = F.pixel_shuffle(F.conv2d(y, folded, None if bias is None else bias.repeat_interleave(s * s),
-                                       padding=1), s)
-        h, w = y.shape[-2:]
-        return out[..., s - 1 : s - 1 + s * h, s - 1 : s - 1 + s * w]
+        # (phase_y, phase_x, C_out, C_in, 2, 2): phase-major output channels, so that in the channels-last
+        # result every (pixel, phase) holds C_out contiguous values
+        folded = torch.einsum("yad,xbe,oide->yxoiab", taps, taps, weight).flatten(0, 2)
+        z = F.conv2d(y, folded, None if bias is None else bias.repeat(s * s), padding=1)
+        # pixel shuffle written out on that layout, (n, h', w', s, s, c) → (n, h', s, w', s, c): one copy of
+        # contiguous C_out runs each way (F.pixel_shuffle's backward went through NCHW and took ~3× longer)
+        n, _, hp, wp = z.shape
+        c, (h, w) = weight.shape[0], y.shape[-2:]
+        z = z.permute(0, 2, 3, 1).unflatten(-1, (s, s, c)).permute(0, 1, 3, 2, 4, 5).reshape(n, hp * s, wp * s, c)
+        return z[:, s - 1 : s - 1 + s * h, s - 1 : s - 1 + s * w].permute(0, 3, 1, 2)
