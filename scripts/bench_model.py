@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import statistics
 import sys
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from earthcast.models import build_model  # noqa: E402
+from earthcast.tasks.allocator import keep_freed_memory  # noqa: E402
 
 # (in_len, out_len, height, width, channels) of the data each config is made for
 DATA_SHAPES = {
@@ -51,6 +53,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one training step")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="CPU: leave glibc's malloc as it is (default: keep freed memory, earthcast.tasks.allocator)")
+    p.add_argument("--matmul", type=int, default=0, metavar="N",
+                   help="also time an N×N float32 matmul (GFLOP/s of the machine, for context)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override model config keys")
     return p.parse_args()
 
@@ -100,10 +106,20 @@ def forward_gflops(model, inputs) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def matmul_gflops(n: int, device: str, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = timed(lambda: a @ b, device, 2, repeats)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     args = parse_args()
+    load_before = os.getloadavg()
+    allocator = "default"
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
+        if not args.default_allocator and keep_freed_memory():
+            allocator = "glibc, freed memory kept"
     torch.manual_seed(0)
     model_cfg, data = load_config(args)
     model = build_model(model_cfg).to(args.device)
@@ -151,15 +167,22 @@ def main() -> None:
     times = timed(infer, args.device, args.warmup, args.repeats)
     rows.append(("inference (no_grad)", times, peak_memory_mb(args.device)))
 
-    threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
+    threads = f", {torch.get_num_threads()} threads, allocator: {allocator}" if args.device == "cpu" else ""
     print(f"model {args.model}: {params:,} parameters, {gflops:.2f} GFLOPs/sample forward; "
           f"input {tuple(shape_in)} on {args.device}{threads}; compile={args.compile}, autocast={args.autocast}")
     print(f"{'mode':<24}{'median s/step':>14}{'min':>8}{'max':>8}{'samples/s':>11}{'GFLOP/s':>9}{'peak MB':>9}")
+    # peak MB: CUDA max_memory_allocated; CPU: the process's peak RSS so far (`earthcast info` counts tensors)
     for mode, times, mem in rows:
         median = statistics.median(times)
         work = gflops * args.batch_size * (3 if mode.startswith("train") else 1)  # backward ≈ 2 × forward
         print(f"{mode:<24}{median:>14.3f}{min(times):>8.3f}{max(times):>8.3f}"
               f"{args.batch_size / median:>11.2f}{work / median:>9.1f}{mem:>9.0f}")
+    if args.matmul:
+        print(f"matmul {args.matmul}×{args.matmul} float32: {matmul_gflops(args.matmul, args.device):.1f} GFLOP/s "
+              f"(median of 10)")
+    # the machine may be shared: the load average says whether these timings had the cores to themselves
+    print("load average (1/5/15 min): before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
+        *load_before, *os.getloadavg()))
 
 
 if __name__ == "__main__":
