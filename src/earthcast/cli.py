@@ -161,9 +161,10 @@ def validate(subcommand: str, overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        checked = [_first_sweep_value(o) for o in overrides if not o.startswith(("hydra/launcher=",))]
+        checked = [_first_sweep_value(o) for o in overrides]
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            compose(config_name=subcommand, overrides=checked)
+            # with the hydra node, so hydra.* keys and launcher presets (hydra/launcher=slurm) are checked too
+            compose(config_name=subcommand, overrides=checked, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise _composition_error(err, subcommand) from None
 
