@@ -4,7 +4,8 @@ On the CPU, `F.dropout` draws one Bernoulli sample per element (`bernoulli_`, si
 ~13% of an Earthformer SEVIR-LR training step on 2 cores. Here one 32-bit draw of the same torch generator
 (`random_`, 31 random bits) serves two elements: 15 bits of each 16-bit half are compared with a threshold
 that drops with probability p' = round(p·2¹⁵)/2¹⁵ (|p' − p| ≤ 1.5·10⁻⁵), and kept values are
-scaled by 1/(1 − p'), so the layer is unbiased exactly as F.dropout is. Other devices use F.dropout.
+scaled by 1/(1 − p'), so the layer is unbiased exactly as F.dropout is. Other devices, and code traced by
+torch.compile, use F.dropout.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> tup
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0:
+    # under torch.compile, inductor generates its own fused random numbers for F.dropout
+    if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     keep, realised = keep_mask(x.shape, p, x.device)
     return x.mul(keep).mul_(1.0 / (1.0 - realised)) if realised < 1.0 else x.mul(keep)
