@@ -84,3 +84,17 @@ def test_knowledge_control_needs_an_alignment_checkpoint(prediff_chain, workdir)
     result = earthcast("sample", f"ckpt_path={ldm_ckpt}", "knowledge=avg_intensity", cwd=workdir, check=False,
                        env=ONE_THREAD)
     assert_one_line_error(result, "knowledge.mode=guide needs a prediff_align checkpoint")
+
+
+def test_quickstart_stages_compose_on_the_same_data():
+    from hydra import compose, initialize_config_dir
+
+    from earthcast.cli import config_dir
+
+    stages = {}
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for name in ("prediff_quickstart", "prediff_quickstart_ldm", "prediff_quickstart_align"):
+            stages[name] = compose(config_name="train", overrides=[f"experiment={name}"])
+    assert [cfg.module for cfg in stages.values()] == ["prediff_vae", "prediff_ldm", "prediff_align"]
+    datasets = [cfg.dataset for cfg in stages.values()]
+    assert all(d == datasets[0] for d in datasets) and datasets[0].name == "sevirlr"

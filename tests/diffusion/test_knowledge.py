@@ -62,6 +62,8 @@ def test_f0_depends_on_the_context_only():
     assert f0.shape == (3, 1)
     features = task.constraint.context_features(data["inputs"])
     assert torch.allclose(f0, task.anticipation.expected(features)[0])
+    # a mean intensity below zero cannot be asked for: F₀ stays within what the statistic can take
+    assert torch.equal(runner.target(data["inputs"], -1e6), torch.zeros(3, 1, dtype=torch.float64))
     fixed = KnowledgeRunner(task, KnowledgeSettings.from_config({"mode": "guide", "target": "value", "value": 51.0}),
                             255.0)
     assert torch.allclose(fixed.target(data["inputs"], 3.0), torch.full((3, 1), 0.2, dtype=torch.float64))

@@ -42,6 +42,10 @@ class Constraint:
     def context_features(self, context: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def statistic_range(self) -> tuple[float, float] | None:
+        """Values F can take at all (None: unbounded); anticipated targets are clipped into it."""
+        return None
+
     def project(self, members: torch.Tensor, target: torch.Tensor,
                 variance: torch.Tensor | None = None) -> torch.Tensor:
         raise UserError(f"constraint {self.name!r} has no hard projection; use knowledge.mode=guide")
@@ -71,6 +75,9 @@ class AverageIntensity(Constraint):
 
     def num_outputs(self, out_len: int) -> int:
         return out_len if self.per_frame else 1
+
+    def statistic_range(self) -> tuple[float, float] | None:
+        return self.value_range  # a mean lies within the range of the field it averages
 
     def statistic(self, future: torch.Tensor) -> torch.Tensor:
         per_frame = future.flatten(2).mean(dim=2)  # B×T

@@ -8,10 +8,13 @@ Writes to the run directory
     metrics.json     ensemble scores (crps, spread_skill, csi_m and pooled CSI of the ensemble mean),
                      member/<key> (the same scores of single members), persistence_ensemble/crps (members =
                      the last context frames held), knowledge/<key> (F₀, achieved mean intensity, projection
-                     moves) and mean_intensity_error against F₀
-    knowledge.png    per plotted sample: context row, target row, one row per n in `figure_n_sigma`
+                     moves), mean_intensity_error against F₀, sampling_seconds (wall time of drawing the
+                     ensembles) and network_evaluations
+    knowledge.png    per plotted sample (the wettest contexts of the first batch): context row, target row,
+                     one row per n in `figure_n_sigma`
                      (members from the same initial noise, so rows differ only by the guidance target);
-                     without knowledge control the rows are members
+                     drawn with guidance even for knowledge=none when the checkpoint has an alignment
+                     network; the rows are members for an LDM checkpoint
     knowledge.gif    the same rows animated over time
     report.md, plots/ as for `earthcast eval`
 The model is rebuilt from the checkpoint alone (architecture and weights); the data come from the composed
@@ -21,6 +24,7 @@ config, i.e. the checkpoint run's dataset unless overridden here.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -82,13 +86,16 @@ class KnowledgeRunner:
         return self.settings.mode != "none"
 
     def target(self, inputs: torch.Tensor, n_sigma: float) -> torch.Tensor:
-        """F₀ (B×K, dataset scale) — from the context regression, or the configured value."""
+        """F₀ (B×K, dataset scale) — from the context regression, or the configured value — clipped to the
+        values the statistic can take (τ − 4σ of a dry scene would ask for a negative mean intensity)."""
         if self.settings.target == "value":
             k = self.task.anticipation.coef.shape[1]
-            return torch.full((inputs.shape[0], k), float(self.settings.value) / self.unit, dtype=torch.float64,
-                              device=inputs.device)
-        features = self.task.constraint.context_features(inputs)
-        return self.task.anticipation.anticipate(features, n_sigma)
+            f0 = torch.full((inputs.shape[0], k), float(self.settings.value) / self.unit, dtype=torch.float64,
+                            device=inputs.device)
+        else:
+            f0 = self.task.anticipation.anticipate(self.task.constraint.context_features(inputs), n_sigma)
+        bounds = self.task.constraint.statistic_range()
+        return f0 if bounds is None else f0.clamp(*bounds)
 
     def guidance(self, f0: torch.Tensor, members: int):
         if not self.settings.guides or self.settings.scale == 0:
@@ -129,14 +136,16 @@ def run_sample(cfg: DictConfig) -> dict:
         raise UserError(f"members={members}; draw at least 1 member per forecast")
     torch.manual_seed(int(cfg.seed))
     task, checkpoint = load_sampling_task(str(cfg.ckpt_path))
+    # settings are checked against the checkpoint before any data is read: mistakes fail fast
+    settings = KnowledgeSettings.from_config(OmegaConf.to_container(cfg.knowledge, resolve=True))
+    runner = KnowledgeRunner(task, settings, 1.0)
+    sampler = build_sampler(OmegaConf.to_container(cfg.sampler, resolve=True), task.schedule, task.prediction_type)
     device = _device(cfg)
     task.to(device)
     datamodule = build_datamodule(cfg.dataset)
     restore_datamodule_state(datamodule, checkpoint)
     unit = float(datamodule.to_physical(torch.ones(())))
-    settings = KnowledgeSettings.from_config(OmegaConf.to_container(cfg.knowledge, resolve=True))
-    runner = KnowledgeRunner(task, settings, unit)
-    sampler = build_sampler(OmegaConf.to_container(cfg.sampler, resolve=True), task.schedule, task.prediction_type)
+    runner.unit = unit
     out_len = int(task.config["dataset"]["out_len"])
     loader = _split_loader(datamodule, str(cfg.split))
     max_batches = cfg.get("max_batches")
@@ -157,6 +166,7 @@ def run_sample(cfg: DictConfig) -> dict:
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     log.info("sampling %d batch(es) × %d member(s) with %s, knowledge=%s", n_batches, members,
              sampler.describe(), settings.mode)
+    sampling_seconds = 0.0
     try:
         with Progress(*columns, console=console, transient=False) as progress, torch.no_grad():
             batch_bar = progress.add_task("batches", total=n_batches)
@@ -169,8 +179,10 @@ def run_sample(cfg: DictConfig) -> dict:
                 if index >= n_batches:
                     break
                 inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
+                started = time.perf_counter()
                 forecast, f0, moved = _ensemble_sample(task, runner, inputs, members, sampler, out_len,
                                                        int(cfg.seed) + index, settings.n_sigma, on_step)
+                sampling_seconds += time.perf_counter() - started
                 meta = batch_metadata(batch)
                 phys = {"forecast": forecast * unit, "target": targets * unit, "context": inputs * unit}
                 if f0 is not None and task.constraint.name == "avg_intensity":
@@ -210,6 +222,9 @@ def run_sample(cfg: DictConfig) -> dict:
             scores[f"member/{key}"] = value
     scores["persistence_ensemble/crps"] = persistence_ev.compute().get("crps")
     count = intensity["count"]
+    # wall time of drawing the ensembles (encode, denoise, guide, decode, project), not of scoring or figures
+    scores.update({"sampling_seconds": sampling_seconds, "sampling_threads": torch.get_num_threads(),
+                   "network_evaluations": sampler.steps * intensity["count"] * members})
     scores.update({"members": members, "sampler": sampler.describe(), "knowledge/mode": settings.mode,
                    "knowledge/n_sigma": float(settings.n_sigma), "knowledge/scale": float(settings.scale),
                    "knowledge/forecast_mean_intensity": intensity["forecast"] / count,
@@ -246,11 +261,20 @@ def _persistence_ensemble(context: torch.Tensor, out_len: int, members: int) -> 
 
 
 def _figure_rows(cfg, task, runner: KnowledgeRunner, sampler, out_len, batch, members, unit, on_step):
-    """(context, target, rows, labels) in physical units for the first `figure_samples` samples."""
+    """(context, target, rows, labels) in physical units for `figure_samples` samples of the first batch:
+    those with the wettest contexts (a dry scene shows little), chosen without looking at the targets."""
     inputs, targets, forecast = batch
-    k = max(1, min(int(cfg.get("figure_samples", 1)), inputs.shape[0]))
-    inputs, targets, forecast = inputs[:k], targets[:k], forecast[:k]
-    if not runner.active:  # no knowledge control: show members instead
+    k = min(int(cfg.get("figure_samples", 1)), inputs.shape[0])
+    if k <= 0:  # figure_samples=0: no figure (its rows are extra chains, long with 1000 DDPM steps)
+        return None
+    chosen = inputs.flatten(1).mean(dim=1).argsort(descending=True)[:k]
+    inputs, targets, forecast = inputs[chosen], targets[chosen], forecast[chosen]
+    if not runner.active and hasattr(task, "align_net"):
+        # the figure is about knowledge control: with knowledge=none an alignment checkpoint still shows the
+        # guided rows (soft guidance at the configured scale); the scores above stay unguided
+        settings = KnowledgeSettings(mode="guide", constraint=task.constraint.name, scale=runner.settings.scale)
+        runner = KnowledgeRunner(task, settings, unit)
+    if not runner.active:  # an LDM checkpoint: no alignment network, show members instead
         shown = forecast[:, : len(cfg.figure_n_sigma)]
         return (inputs * unit, targets * unit, shown * unit, [f"member {i + 1}" for i in range(shown.shape[1])])
     rows, labels = [], []
@@ -259,7 +283,8 @@ def _figure_rows(cfg, task, runner: KnowledgeRunner, sampler, out_len, batch, me
         forecast_n, f0, _ = _ensemble_sample(task, runner, inputs, 1, sampler, out_len, int(cfg.seed), float(n),
                                              on_step)
         rows.append(forecast_n[:, 0])
-        labels.append(f"n = {float(n):+g}  (F₀ = {float(f0[0].mean()) * unit:.1f})")
+        achieved = float(forecast_n[0].mean()) * unit
+        labels.append(f"n = {float(n):+g}\nF₀ {float(f0[0].mean()) * unit:.1f}, got {achieved:.1f}")
     return inputs * unit, targets * unit, torch.stack(rows, dim=1) * unit, labels
 
 
