@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo prediff-demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: install
 	$(BIN)/earthcast train hydra.run.dir=$(DEMO_DIR)/train
 	$(BIN)/earthcast eval ckpt_path=$(DEMO_DIR)/train/checkpoints/best.ckpt hydra.run.dir=$(DEMO_DIR)/eval
 	@echo "demo outputs: $(DEMO_DIR)"
+
+# PreDiff: VAE -> latent diffusion -> knowledge alignment -> `earthcast sample`, chained by checkpoint paths
+# on the synthetic SEVIR-LR twin (docs/prediff.md)
+prediff-demo: install
+	EARTHCAST=$(BIN)/earthcast scripts/prediff_quickstart.sh outputs/prediff_demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 test: install
 	$(BIN)/python -m pytest -q
