@@ -139,8 +139,10 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
         facts["peak_rss_mb"] = _peak_rss_mb()
     if bench:
         facts["train_step_s"] = time_calls(step, warmup, repeats, sync)
+        model.eval()  # inference as deployed: no dropout (and the fused attention kernels)
         with torch.no_grad():
             facts["inference_s"] = time_calls(lambda: model(inputs), warmup, repeats, sync)
+        model.train()
         batch = inputs.shape[0]
         facts["achieved_gflops_per_s_train"] = 3 * facts["gflops_forward_per_sample"] * batch / facts["train_step_s"]
     return facts
