@@ -101,7 +101,7 @@ def forward_gflops(model, inputs) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with counter:  # autograd on: the counter's module tracker fails on no_grad views of parameters
         model(inputs[:1])
     return counter.get_total_flops() / 1e9
 

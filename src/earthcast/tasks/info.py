@@ -30,7 +30,9 @@ def example_inputs(cfg_dataset, batch_size: int) -> torch.Tensor:
 
 def forward_gflops(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     """GFLOPs of one forward pass per sample (torch's FLOP counter: matmuls and convolutions)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # with autograd on: under no_grad, FlopCounterMode's module tracker fails on views of parameters
+    # (e.g. the expanded global vectors), which then require grad without a grad_fn
+    with FlopCounterMode(display=False) as counter:
         model(inputs[:1])
     return counter.get_total_flops() / 1e9
 
