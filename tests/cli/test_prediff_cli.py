@@ -98,3 +98,23 @@ def test_quickstart_stages_compose_on_the_same_data():
     assert [cfg.module for cfg in stages.values()] == ["prediff_vae", "prediff_ldm", "prediff_align"]
     datasets = [cfg.dataset for cfg in stages.values()]
     assert all(d == datasets[0] for d in datasets) and datasets[0].name == "sevirlr"
+
+
+@pytest.mark.slow
+def test_quickstart_script_trains_all_stages_within_20_minutes(workdir):
+    """`scripts/prediff_quickstart.sh` end to end (about 15 minutes on 2 shared cores)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = workdir / "prediff_quickstart"
+    env = {"EARTHCAST": str(Path(sys.executable).parent / "earthcast"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([str(repo / "scripts" / "prediff_quickstart.sh"), str(out),
+                    f"paths.data_root={workdir / 'data_quickstart'}"], cwd=repo, env=env, check=True,
+                   capture_output=True, timeout=3600)
+    timings = dict(line.split()[:2] for line in (out / "timings.txt").read_text().splitlines()[1:])
+    assert int(timings["training"].rstrip("s")) <= 20 * 60
+    metrics = json.loads((out / "sample" / "metrics.json").read_text())
+    assert metrics["crps"] < metrics["persistence_ensemble/crps"]
+    assert (out / "sample" / "knowledge.png").is_file() and (out / "sample" / "knowledge.gif").is_file()
