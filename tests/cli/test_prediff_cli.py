@@ -39,7 +39,7 @@ def prediff_chain(workdir):
     sample = workdir / "runs" / "prediff_sample"
     # only the checkpoint and the sampling settings: data and model are replayed from the checkpoint
     result = earthcast("sample", f"ckpt_path={align}/checkpoints/best.ckpt", "members=2", "sampler=ddim",
-                       "sampler.steps=3", "knowledge=avg_intensity", "knowledge.n_sigma=2", "max_batches=1",
+                       "sampler.steps=3", "knowledge=avg_intensity", "knowledge.n_sigma=2", "max_batches=1", "figure_samples=2",
                        f"hydra.run.dir={sample}", cwd=workdir, env=ONE_THREAD)
     return {"vae": vae, "ldm": ldm, "align": align, "sample": sample, "sample_log": result.stdout}
 
@@ -61,7 +61,7 @@ def test_stages_chain_through_self_contained_checkpoints(prediff_chain):
 
 def test_sample_writes_ensemble_outputs(prediff_chain):
     run = prediff_chain["sample"]
-    for name in ("predictions.nc", "metrics.json", "knowledge.png", "knowledge.gif", "report.md"):
+    for name in ("predictions.nc", "metrics.json", "knowledge.png", "knowledge.gif", "knowledge_1.png", "report.md"):
         assert (run / name).is_file(), name
     with xr.open_dataset(run / "predictions.nc") as ds:
         assert ds["prediction"].dims == ("sample", "member", "lead_time", "y", "x")

@@ -244,11 +244,11 @@ def run_sample(cfg: DictConfig) -> dict:
         for i in range(context.shape[0]):
             suffix = f"_{i}" if i else ""
             paths[f"figure{suffix}"] = plot_knowledge_figure(
-                run_dir / f"knowledge{suffix}.png", context[i], target[i], rows[i], labels,
+                run_dir / f"knowledge{suffix}.png", context[i], target[i], rows[i], labels[i],
                 frame_minutes=cfg.dataset.get("frame_minutes"))
             if cfg.get("gif", True):
                 paths[f"gif{suffix}"] = write_knowledge_gif(run_dir / f"knowledge{suffix}.gif", context[i],
-                                                            target[i], rows[i], labels)
+                                                            target[i], rows[i], labels[i])
     print_summary(f"ensemble scores — {members} members, {sampler.describe()}, knowledge={settings.mode}", out,
                   run_dir, paths)
     return out
@@ -261,8 +261,8 @@ def _persistence_ensemble(context: torch.Tensor, out_len: int, members: int) -> 
 
 
 def _figure_rows(cfg, task, runner: KnowledgeRunner, sampler, out_len, batch, members, unit, on_step):
-    """(context, target, rows, labels) in physical units for `figure_samples` samples of the first batch:
-    those with the wettest contexts (a dry scene shows little), chosen without looking at the targets."""
+    """(context, target, rows, labels per sample) in physical units for `figure_samples` samples of the first
+    batch: those with the wettest contexts (a dry scene shows little), chosen without looking at the targets."""
     inputs, targets, forecast = batch
     k = min(int(cfg.get("figure_samples", 1)), inputs.shape[0])
     if k <= 0:  # figure_samples=0: no figure (its rows are extra chains, long with 1000 DDPM steps)
@@ -276,15 +276,17 @@ def _figure_rows(cfg, task, runner: KnowledgeRunner, sampler, out_len, batch, me
         runner = KnowledgeRunner(task, settings, unit)
     if not runner.active:  # an LDM checkpoint: no alignment network, show members instead
         shown = forecast[:, : len(cfg.figure_n_sigma)]
-        return (inputs * unit, targets * unit, shown * unit, [f"member {i + 1}" for i in range(shown.shape[1])])
-    rows, labels = [], []
+        labels = [f"member {i + 1}" for i in range(shown.shape[1])]
+        return inputs * unit, targets * unit, shown * unit, [labels] * k
+    rows, labels = [], [[] for _ in range(k)]  # labels per plotted sample: each has its own F₀
     for n in cfg.figure_n_sigma:
         # the same seed for every n: rows differ only by the anticipated value they are steered to
         forecast_n, f0, _ = _ensemble_sample(task, runner, inputs, 1, sampler, out_len, int(cfg.seed), float(n),
                                              on_step)
         rows.append(forecast_n[:, 0])
-        achieved = float(forecast_n[0].mean()) * unit
-        labels.append(f"n = {float(n):+g}\nF₀ {float(f0[0].mean()) * unit:.1f}, got {achieved:.1f}")
+        for i in range(k):
+            wanted, achieved = float(f0[i].mean()) * unit, float(forecast_n[i].mean()) * unit
+            labels[i].append(f"n = {float(n):+g}\nF₀ {wanted:.1f}, got {achieved:.1f}")
     return inputs * unit, targets * unit, torch.stack(rows, dim=1) * unit, labels
 
 
