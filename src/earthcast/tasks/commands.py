@@ -104,8 +104,7 @@ def print_summary(title: str, scores: dict, run_dir: Path, extra_paths: dict[str
     for key in HEADLINE_KEYS:
         if key in scores:
             value, ref = scores[key], scores.get(f"persistence/{key}")
-            fmt = (lambda v: "—" if v is None else f"{v:.4f}")
-            table.add_row(key, fmt(value), fmt(ref))
+            table.add_row(key, *("—" if v is None else f"{v:.4f}" for v in (value, ref)))
     console.print(table)
     console.print(f"run directory: {run_dir}")
     for label, path in extra_paths.items():

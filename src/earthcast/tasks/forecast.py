@@ -7,6 +7,7 @@ datamodule's `to_physical` (SEVIR: VIL 0–255), so thresholds and published sca
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
