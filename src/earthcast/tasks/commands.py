@@ -96,15 +96,22 @@ def write_evaluation(cfg: DictConfig, run_dir: Path, results: dict, *, split: st
     return scores
 
 
+def summary_keys(scores: dict) -> list[str]:
+    """The headline scores present; a task with none of them (e.g. the PreDiff alignment stage) shows all of
+    its own scalar scores instead of an empty table."""
+    keys = [key for key in HEADLINE_KEYS if key in scores]
+    return keys or sorted(k for k, v in scores.items()
+                          if "/" not in k and (v is None or isinstance(v, (int, float))))
+
+
 def print_summary(title: str, scores: dict, run_dir: Path, extra_paths: dict[str, Path | None]) -> None:
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("model", justify="right")
     table.add_column("persistence", justify="right")
-    for key in HEADLINE_KEYS:
-        if key in scores:
-            value, ref = scores[key], scores.get(f"persistence/{key}")
-            table.add_row(key, *("—" if v is None else f"{v:.4f}" for v in (value, ref)))
+    for key in summary_keys(scores):
+        value, ref = scores[key], scores.get(f"persistence/{key}")
+        table.add_row(key, *("—" if v is None else f"{v:.4f}" for v in (value, ref)))
     console.print(table)
     console.print(f"run directory: {run_dir}")
     for label, path in extra_paths.items():
