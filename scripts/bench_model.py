@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from earthcast.models import build_model  # noqa: E402
 from earthcast.tasks.allocator import keep_freed_memory  # noqa: E402
+from earthcast.tasks.info import forward_gflops  # noqa: E402
 
 # (in_len, out_len, height, width, channels) of the data each config is made for
 DATA_SHAPES = {
@@ -95,15 +96,6 @@ def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def forward_gflops(model, inputs) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:  # autograd on: the counter's module tracker fails on no_grad views of parameters
-        model(inputs[:1])
-    return counter.get_total_flops() / 1e9
 
 
 def matmul_gflops(n: int, device: str, repeats: int = 10) -> float:
