@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from earthcast.errors import UserError
+from earthcast.tasks.allocator import keep_freed_memory
 from earthcast.tasks.optim import accumulation_steps
 
 
@@ -79,6 +80,8 @@ def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
                                                                  L.pytorch.callbacks.EarlyStopping,
                                                                  L.pytorch.callbacks.LearningRateMonitor))]
     loggers = _instantiate_group(cfg.get("logger")) if fit else False
+    if kwargs.get("accelerator", "cpu") == "cpu" and cfg.get("cpu_keep_freed_memory", False):
+        keep_freed_memory()
     return L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
 
 
