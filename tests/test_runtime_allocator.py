@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from earthcast.tasks import runtime
@@ -21,6 +22,10 @@ def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
     assert cfg.cpu_keep_freed_memory is True  # the default
     runtime.build_trainer(cfg, fit=True)
     assert calls == [True]
+
+    calls.clear()
+    runtime.build_trainer(_config(f"paths.output_dir={tmp_path}", "trainer.accelerator=auto"), fit=True)
+    assert calls == ([] if torch.cuda.is_available() else [True])  # only where "auto" resolves to the CPU
 
     calls.clear()
     runtime.build_trainer(_config(f"paths.output_dir={tmp_path}", "cpu_keep_freed_memory=false"), fit=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig, OmegaConf
 
 from earthcast.errors import UserError
@@ -80,9 +81,11 @@ def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
                                                                  L.pytorch.callbacks.EarlyStopping,
                                                                  L.pytorch.callbacks.LearningRateMonitor))]
     loggers = _instantiate_group(cfg.get("logger")) if fit else False
-    if kwargs.get("accelerator", "cpu") == "cpu" and cfg.get("cpu_keep_freed_memory", False):
+    trainer = L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
+    # on the accelerator Lightning resolved ("auto" included), before the first step allocates anything big
+    if cfg.get("cpu_keep_freed_memory", False) and isinstance(trainer.accelerator, CPUAccelerator):
         keep_freed_memory()
-    return L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
+    return trainer
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
