@@ -1,18 +1,13 @@
 """`cpu_keep_freed_memory`: the trainer builder applies the allocator setting on CPU runs, and only then."""
 
-from pathlib import Path
-
 import torch
-from hydra import compose, initialize_config_dir
 
 from earthcast.tasks import runtime
-from tests.cli.conftest import TINY_DATA
+from tests.cli.conftest import TINY_DATA, compose_config
 
 
 def _config(*overrides: str):
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        return compose(config_name="train", overrides=[*TINY_DATA, *overrides])
+    return compose_config([*TINY_DATA, *overrides])
 
 
 def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+
+from earthcast.cli import config_dir
 
 # Tiny everything: 32×32 frames, a handful of events, one short epoch.
 TINY_DATA = ["dataset=sevir_synth", "dataset.synth.n_events=24", "dataset.synth.img_size=32",
@@ -16,6 +19,12 @@ TINY_DATA = ["dataset=sevir_synth", "dataset.synth.n_events=24", "dataset.synth.
 TINY_TRAIN = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_epochs=1",
               "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
               "outputs.plot_samples=1", "outputs.max_prediction_samples=4", "callbacks.progress_bar=null"]
+
+
+def compose_config(overrides, name: str = "train"):
+    """The config `earthcast <name> <overrides>` would run with (hydra node included), without running it."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
 
 
 def earthcast(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

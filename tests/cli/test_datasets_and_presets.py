@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from earthcast.cli import config_dir
-from tests.cli.conftest import earthcast
+from tests.cli.conftest import compose_config, earthcast
 
 TINY_UNET = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_epochs=1",
              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
@@ -47,13 +46,8 @@ def test_train_on_the_enso_twin(tmp_path):
     assert (tmp_path / "data" / "enso_synth" / "CMIP_train.nc").is_file()
 
 
-def _compose(overrides: list[str], name: str = "train"):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
-
-
 def test_slurm_preset_runs_one_task_per_gpu():
-    cfg = _compose(["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=2",
+    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=2",
                     "trainer.devices=2", "trainer.num_nodes=3"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
@@ -66,5 +60,5 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_preset_composes(experiment):
-    cfg = _compose([f"experiment={experiment}"])
+    cfg = compose_config([f"experiment={experiment}"])
     assert cfg.model.name and cfg.dataset.name and cfg.optim.lr > 0

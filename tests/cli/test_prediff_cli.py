@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from earthcast.metrics.stored import evaluate_stored
-from tests.cli.conftest import earthcast
+from tests.cli.conftest import compose_config, earthcast
 from tests.cli.test_bad_input import assert_one_line_error
 
 # one thread: the stages are tiny, and a second thread only waits on a shared machine
@@ -87,14 +87,8 @@ def test_knowledge_control_needs_an_alignment_checkpoint(prediff_chain, workdir)
 
 
 def test_quickstart_stages_compose_on_the_same_data():
-    from hydra import compose, initialize_config_dir
-
-    from earthcast.cli import config_dir
-
-    stages = {}
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        for name in ("prediff_quickstart", "prediff_quickstart_ldm", "prediff_quickstart_align"):
-            stages[name] = compose(config_name="train", overrides=[f"experiment={name}"])
+    stages = {name: compose_config([f"experiment={name}"])
+              for name in ("prediff_quickstart", "prediff_quickstart_ldm", "prediff_quickstart_align")}
     assert [cfg.module for cfg in stages.values()] == ["prediff_vae", "prediff_ldm", "prediff_align"]
     datasets = [cfg.dataset for cfg in stages.values()]
     assert all(d == datasets[0] for d in datasets) and datasets[0].name == "sevirlr"
