@@ -1,4 +1,7 @@
-"""`cpu_keep_freed_memory`: the trainer builder applies the allocator setting on CPU runs, and only then."""
+"""CPU-only settings of the trainer builder: the allocator setting (`cpu_keep_freed_memory`) applies on CPU runs
+and only then; bfloat16 on a CPU without native support gets a warning."""
+
+import logging
 
 import torch
 
@@ -25,3 +28,13 @@ def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
     calls.clear()
     runtime.build_trainer(_config(f"paths.output_dir={tmp_path}", "cpu_keep_freed_memory=false"), fit=True)
     assert calls == []
+
+
+def test_bf16_on_a_cpu_without_native_support_warns(monkeypatch, tmp_path, caplog):
+    cfg = _config(f"paths.output_dir={tmp_path}", "trainer.precision=bf16-mixed")
+    for native, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=runtime.__name__):
+            runtime.build_trainer(cfg, fit=True)
+        assert ("trainer.precision=32-true" in caplog.text) is warned

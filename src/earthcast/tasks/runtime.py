@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from earthcast.errors import UserError
 from earthcast.tasks.allocator import keep_freed_memory
 from earthcast.tasks.optim import accumulation_steps
+
+log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
@@ -83,9 +86,18 @@ def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
     loggers = _instantiate_group(cfg.get("logger")) if fit else False
     trainer = L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
     # on the accelerator Lightning resolved ("auto" included), before the first step allocates anything big
-    if cfg.get("cpu_keep_freed_memory", False) and isinstance(trainer.accelerator, CPUAccelerator):
-        keep_freed_memory()
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        if cfg.get("cpu_keep_freed_memory", False):
+            keep_freed_memory()
+        if str(kwargs.get("precision", "")).startswith("bf16") and not cpu_has_fast_bf16():
+            log.warning("trainer.precision=%s on a CPU without native bfloat16 (AVX-512 BF16 / AMX): steps will be "
+                        "slower than in float32; set trainer.precision=32-true", kwargs["precision"])
     return trainer
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 matrix products natively on this CPU."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
