@@ -31,6 +31,7 @@ def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
 
 
 def test_bf16_on_a_cpu_without_native_support_warns(monkeypatch, tmp_path, caplog):
+    assert isinstance(runtime.cpu_has_fast_bf16(), bool)  # the real probe runs on this machine
     cfg = _config(f"paths.output_dir={tmp_path}", "trainer.precision=bf16-mixed")
     for native, warned in ((True, False), (False, True)):
         monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda native=native: native)
