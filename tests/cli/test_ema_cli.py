@@ -23,3 +23,17 @@ def test_ema_weights_are_checkpointed_and_scored_consistently(workdir, data_root
     evaluated = json.loads((out / "metrics.json").read_text())
     assert after_fit["n_samples"] == evaluated["n_samples"]
     assert evaluated["mse"] == after_fit["mse"]
+
+
+def test_weight_averaging_is_left_out_of_eval_and_predict_trainers(tmp_path):
+    """Outside fitting the callback has nothing to average, and the checkpoint's state_dict already is the
+    average: eval/predict trainers go without it."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from earthcast.tasks.runtime import build_trainer
+    from tests.cli.conftest import compose_config
+
+    cfg = compose_config([*TINY_DATA, *TINY_TRAIN, "callbacks=ema", f"paths.output_dir={tmp_path}"])
+    averaging = [[c for c in build_trainer(cfg, fit=fit).callbacks if isinstance(c, WeightAveraging)]
+                 for fit in (True, False)]
+    assert [len(found) for found in averaging] == [1, 0]

@@ -79,6 +79,26 @@ def test_sample_writes_ensemble_outputs(prediff_chain):
     assert stored["crps"] == pytest.approx(metrics["crps"], rel=1e-4)
 
 
+
+def test_cpu_sampling_keeps_freed_memory(prediff_chain, workdir, monkeypatch):
+    """`sample` on the CPU applies `cpu_keep_freed_memory` as training does (hundreds of sampler steps
+    allocate the same large buffers again and again)."""
+    from earthcast.cli import replay_checkpoint
+    from earthcast.tasks import sample as sample_module
+
+    calls = []
+    monkeypatch.setattr(sample_module, "keep_freed_memory", lambda: calls.append(True) or True)
+    overrides = replay_checkpoint("sample", [f"ckpt_path={prediff_chain['ldm']}/checkpoints/best.ckpt", "members=1",
+                                             "sampler.steps=1", "max_batches=1", "figure_samples=0", "device=cpu",
+                                             f"paths.output_dir={workdir / 'runs' / 'sample_allocator'}"])
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sample_module.run_sample(compose_config(overrides, name="sample"))
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert calls == [True]
+
 def test_knowledge_control_needs_an_alignment_checkpoint(prediff_chain, workdir):
     ldm_ckpt = prediff_chain["ldm"] / "checkpoints" / "best.ckpt"
     result = earthcast("sample", f"ckpt_path={ldm_ckpt}", "knowledge=avg_intensity", cwd=workdir, check=False,

@@ -79,10 +79,11 @@ def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
         cfg.optim.get("total_batch_size"), int(cfg.dataset.batch_size), world_size(cfg.trainer))
     kwargs["gradient_clip_val"] = cfg.optim.get("gradient_clip_val")
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    if not fit:
+    if not fit:  # callbacks that act only while fitting (weight averaging: the checkpoint already holds it)
         callbacks = [c for c in callbacks if not isinstance(c, (L.pytorch.callbacks.ModelCheckpoint,
                                                                  L.pytorch.callbacks.EarlyStopping,
-                                                                 L.pytorch.callbacks.LearningRateMonitor))]
+                                                                 L.pytorch.callbacks.LearningRateMonitor,
+                                                                 L.pytorch.callbacks.WeightAveraging))]
     loggers = _instantiate_group(cfg.get("logger")) if fit else False
     trainer = L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir, **kwargs)
     # on the accelerator Lightning resolved ("auto" included), before the first step allocates anything big

@@ -36,6 +36,7 @@ from earthcast.data.predictions import PredictionWriter
 from earthcast.diffusion import KnowledgeGuidance, KnowledgeSettings, build_sampler, project_members
 from earthcast.errors import UserError
 from earthcast.metrics import build_evaluator
+from earthcast.tasks.allocator import keep_freed_memory
 from earthcast.tasks.base import TASK_MODULES
 from earthcast.tasks.commands import _split_loader, console, print_summary, write_evaluation
 from earthcast.tasks.forecast import batch_metadata, evaluator_results
@@ -141,6 +142,8 @@ def run_sample(cfg: DictConfig) -> dict:
     runner = KnowledgeRunner(task, settings, 1.0)
     sampler = build_sampler(OmegaConf.to_container(cfg.sampler, resolve=True), task.schedule, task.prediction_type)
     device = _device(cfg)
+    if device.type == "cpu" and cfg.get("cpu_keep_freed_memory", False):
+        keep_freed_memory()  # as for CPU training: hundreds of sampler steps reuse the same large buffers
     task.to(device)
     datamodule = build_datamodule(cfg.dataset)
     restore_datamodule_state(datamodule, checkpoint)
