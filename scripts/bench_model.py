@@ -40,7 +40,7 @@ DATA_SHAPES = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="earthformer_sevirlr", help="config name under configs/model/")
     p.add_argument("--batch-size", type=int, default=2)
@@ -58,8 +58,9 @@ def parse_args() -> argparse.Namespace:
                    help="CPU: leave glibc's malloc as it is (default: keep freed memory, earthcast.tasks.allocator)")
     p.add_argument("--matmul", type=int, default=0, metavar="N",
                    help="also time an N×N float32 matmul (GFLOP/s of the machine, for context)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override model config keys")
-    return p.parse_args()
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override model config keys (repeatable)")
+    return p.parse_args(argv)
 
 
 def load_config(args: argparse.Namespace):
