@@ -19,3 +19,27 @@ def test_train_under_ddp_relaunch_on_cpu(workdir, data_root):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # the re-launched rank wrote no config or run directory of its own
     assert not (workdir / "outputs").exists()
+
+
+def test_eval_under_ddp_scores_every_sample_once_and_stores_them_in_order(workdir, data_root):
+    """Two ranks score the same samples as one process: Lightning's default sampler would pad the ranks' shares
+    with repeated samples (counted twice in the synced metrics), and only rank 0's share reached predictions.nc."""
+    import numpy as np
+    import xarray as xr
+
+    train_dir = workdir / "runs" / "ddp_eval_ckpt"
+    earthcast("train", *TINY_DATA, *TINY_TRAIN, f"paths.data_root={data_root}", f"hydra.run.dir={train_dir}",
+              cwd=workdir)
+    ckpt = f"ckpt_path={train_dir}/checkpoints/best.ckpt"
+    runs = {name: workdir / "runs" / f"ddp_eval_{name}" for name in ("single", "ddp")}
+    earthcast("eval", ckpt, "trainer.limit_test_batches=null", f"hydra.run.dir={runs['single']}", cwd=workdir)
+    earthcast("eval", ckpt, "trainer.limit_test_batches=null", "trainer.accelerator=cpu", "trainer.devices=2",
+              "trainer.strategy=ddp", f"hydra.run.dir={runs['ddp']}", cwd=workdir)
+    single, ddp = (json.loads((run / "metrics.json").read_text()) for run in runs.values())
+    assert single["n_samples"] % 2 == 1  # an odd count: the default sampler would have repeated one
+    assert ddp["n_samples"] == single["n_samples"]
+    assert abs(ddp["mse"] - single["mse"]) < 1e-6 * single["mse"] and ddp["csi_m"] == single["csi_m"]
+    with xr.open_dataset(runs["single"] / "predictions.nc") as a, xr.open_dataset(runs["ddp"] / "predictions.nc") as b:
+        assert a.sizes == b.sizes and list(a.event_id.values) == list(b.event_id.values)
+        assert np.allclose(a.prediction.values, b.prediction.values, atol=0.01)
+    assert not list(runs["ddp"].glob("predictions.rank*"))

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
-from earthcast.data.base import DATASETS
+from earthcast.data.base import DATASETS, evaluation_sampler
 from earthcast.errors import UserError
 
 RECORD_MONTHS = 36
@@ -446,8 +446,10 @@ class EnsoDataModule(LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(self.dataset(split), batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, generator=generator, num_workers=self.num_workers,
+        dataset = self.dataset(split)
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, sampler=None if train else evaluation_sampler(dataset),
+                          generator=generator, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -130,3 +130,43 @@ class PredictionWriter:
             self._nc.close()
             self._nc = None
         self.tmp_path.unlink(missing_ok=True)
+
+
+def rank_part_path(path: str | Path, rank: int) -> Path:
+    """Where rank `rank` of a multi-process evaluation writes its share of `path`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def merge_rank_parts(path: str | Path, world_size: int, max_samples: int | None = None) -> Path | None:
+    """Join the per-rank files of a distributed evaluation into `path`, in dataset order, and delete them.
+
+    With an unrepeated distributed sampler rank r holds samples r, r + W, r + 2W, … (W = world size), so the
+    k-th sample of rank r's file is sample k·W + r. Written under a temporary name, then renamed."""
+    import xarray as xr
+
+    path = Path(path)
+    parts = {rank: rank_part_path(path, rank) for rank in range(world_size)}
+    parts = {rank: part for rank, part in parts.items() if part.is_file()}
+    if not parts:
+        return None
+    datasets, order = [], []
+    for rank, part in parts.items():
+        ds = xr.open_dataset(part, mask_and_scale=False)
+        datasets.append(ds)
+        order.append(rank + world_size * np.arange(ds.sizes["sample"]))
+    try:
+        merged = xr.concat(datasets, dim="sample", data_vars="minimal", coords="minimal", compat="override",
+                           combine_attrs="override")
+        merged = merged.isel(sample=np.argsort(np.concatenate(order), kind="stable"))
+        if max_samples is not None:
+            merged = merged.isel(sample=slice(0, max_samples))
+        tmp_path = path.with_name(f".{path.name}.tmp")
+        merged.load().to_netcdf(tmp_path, format="NETCDF4")
+    finally:
+        for ds in datasets:
+            ds.close()
+    os.replace(tmp_path, path)
+    for part in parts.values():
+        part.unlink()
+    return path

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from earthcast.data.base import DATASETS
+from earthcast.data.base import DATASETS, evaluation_sampler
 from earthcast.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -345,8 +345,10 @@ class SevirDataModule(L.LightningDataModule):
                 raise UserError(problem)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self._build_split(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers,
+        dataset = self._build_split(split)
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, sampler=None if shuffle else evaluation_sampler(dataset),
+                          num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

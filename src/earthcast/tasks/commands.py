@@ -10,9 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import DataLoader
 
 from earthcast.data import build_datamodule
-from earthcast.data.predictions import PredictionWriter
+from earthcast.data.base import evaluation_sampler
+from earthcast.data.predictions import PredictionWriter, merge_rank_parts, rank_part_path
 from earthcast.errors import UserError
 from earthcast.tasks.base import EarthcastTask, build_task
 from earthcast.tasks.runtime import (
@@ -39,33 +41,56 @@ def _run_overrides() -> list[str]:
             if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path="))]
 
 
-def _split_loader(datamodule, split: str):
+def _split_loader(datamodule, split: str, trainer: L.Trainer | None = None) -> DataLoader:
+    """The split's loader for evaluation; with a multi-process `trainer`, this rank's unrepeated share of it."""
     if split not in _SPLIT_STAGE:
         raise UserError(f"split={split!r} is not one of train, val, test")
     datamodule.setup(_SPLIT_STAGE[split])
-    return {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader,
-            "test": datamodule.test_dataloader}[split]()
+    loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader,
+              "test": datamodule.test_dataloader}[split]()
+    sampler = evaluation_sampler(loader.dataset, trainer.world_size, trainer.global_rank) if trainer else None
+    if sampler is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      persistent_workers=loader.persistent_workers)
 
 
-def _prediction_writer(cfg: DictConfig, run_dir: Path, max_samples, source: str) -> PredictionWriter:
-    return PredictionWriter(run_dir / "predictions.nc", dataset=str(cfg.dataset.name),
+def _prediction_writer(cfg: DictConfig, run_dir: Path, max_samples, source: str,
+                       trainer: L.Trainer) -> PredictionWriter:
+    """predictions.nc; under DDP every rank writes its own share, joined by `_finish_predictions`."""
+    path = run_dir / "predictions.nc"
+    if trainer.world_size > 1:
+        path = rank_part_path(path, trainer.global_rank)
+    return PredictionWriter(path, dataset=str(cfg.dataset.name),
                             attrs={"model": cfg.model.name, "source": source,
                                    "frame_minutes": cfg.dataset.get("frame_minutes") or ""},
                             max_samples=max_samples)
 
 
+def _finish_predictions(writer: PredictionWriter, trainer: L.Trainer, run_dir: Path, max_samples) -> Path | None:
+    path = writer.close()
+    if trainer.world_size == 1:
+        return path
+    trainer.strategy.barrier("predictions written")
+    merged = merge_rank_parts(run_dir / "predictions.nc", trainer.world_size, max_samples) \
+        if trainer.is_global_zero else None
+    trainer.strategy.barrier("predictions merged")
+    return merged
+
+
 def _test_with_outputs(cfg: DictConfig, trainer: L.Trainer, task: EarthcastTask, run_dir: Path, *,
                        datamodule=None, dataloader=None, ckpt_path=None, split="test", source="") -> dict:
     """Run the test loop, then write metrics.json, per-lead/group tables, predictions.nc, plots, report."""
-    writer = _prediction_writer(cfg, run_dir, cfg.outputs.max_prediction_samples, source)
-    task.prediction_sink = writer if trainer.is_global_zero else None
+    writer = _prediction_writer(cfg, run_dir, cfg.outputs.max_prediction_samples, source, trainer)
+    task.prediction_sink = writer
     try:
         trainer.test(task, datamodule=datamodule, dataloaders=dataloader, ckpt_path=ckpt_path,
                      weights_only=True if ckpt_path else None, verbose=False)
     except BaseException:
         writer.abort()
         raise
-    predictions = writer.close()
+    predictions = _finish_predictions(writer, trainer, run_dir, cfg.outputs.max_prediction_samples)
     task.prediction_sink = None
     if not trainer.is_global_zero:
         return {}
@@ -180,8 +205,8 @@ def run_eval(cfg: DictConfig) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset)
     task = _task_from_checkpoint(cfg, datamodule)
-    loader = _split_loader(datamodule, str(cfg.split))
     trainer = build_trainer(cfg, fit=False)
+    loader = _split_loader(datamodule, str(cfg.split), trainer)
     source = str(cfg.ckpt_path or cfg.model.name)
     scores = _test_with_outputs(cfg, trainer, task, run_dir, dataloader=loader, split=str(cfg.split),
                                 source=source)
@@ -213,16 +238,17 @@ def run_predict(cfg: DictConfig) -> Path | None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset)
     task = _task_from_checkpoint(cfg, datamodule)
-    loader = _split_loader(datamodule, str(cfg.split))
     trainer = build_trainer(cfg, fit=False)
-    writer = _prediction_writer(cfg, run_dir, cfg.outputs.max_prediction_samples, str(cfg.ckpt_path or ""))
-    task.prediction_sink = writer if trainer.is_global_zero else None
+    loader = _split_loader(datamodule, str(cfg.split), trainer)
+    writer = _prediction_writer(cfg, run_dir, cfg.outputs.max_prediction_samples, str(cfg.ckpt_path or ""),
+                                trainer)
+    task.prediction_sink = writer
     try:
         trainer.predict(task, dataloaders=loader, return_predictions=False)
     except BaseException:
         writer.abort()
         raise
-    path = writer.close()
+    path = _finish_predictions(writer, trainer, run_dir, cfg.outputs.max_prediction_samples)
     if trainer.is_global_zero:
-        console.print(f"wrote {writer.n_written} forecasts to {path}")
+        console.print(f"wrote forecasts to {path}")
     return path
