@@ -43,3 +43,8 @@ def test_eval_under_ddp_scores_every_sample_once_and_stores_them_in_order(workdi
         assert a.sizes == b.sizes and list(a.event_id.values) == list(b.event_id.values)
         assert np.allclose(a.prediction.values, b.prediction.values, atol=0.01)
     assert not list(runs["ddp"].glob("predictions.rank*"))
+    # the joined file is a stored forecast like any other: it scores the same as the single-process one
+    from earthcast.metrics.stored import evaluate_stored
+
+    stored = [evaluate_stored(run / "predictions.nc")[0] for run in runs.values()]
+    assert stored[0]["n_samples"] == stored[1]["n_samples"] == 4 and stored[0]["csi_m"] == stored[1]["csi_m"]

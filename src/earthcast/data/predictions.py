@@ -152,7 +152,7 @@ def merge_rank_parts(path: str | Path, world_size: int, max_samples: int | None 
         return None
     datasets, order = [], []
     for rank, part in parts.items():
-        ds = xr.open_dataset(part, mask_and_scale=False)
+        ds = xr.open_dataset(part, decode_cf=False)  # raw: written back exactly as the writer stored it
         datasets.append(ds)
         order.append(rank + world_size * np.arange(ds.sizes["sample"]))
     try:
