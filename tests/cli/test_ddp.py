@@ -27,9 +27,11 @@ def test_eval_under_ddp_scores_every_sample_once_and_stores_them_in_order(workdi
     import numpy as np
     import xarray as xr
 
+    # trained under DDP too: the test after fit goes through the datamodule's loaders, built by Lightning
     train_dir = workdir / "runs" / "ddp_eval_ckpt"
-    earthcast("train", *TINY_DATA, *TINY_TRAIN, f"paths.data_root={data_root}", f"hydra.run.dir={train_dir}",
-              cwd=workdir)
+    earthcast("train", *TINY_DATA, *TINY_TRAIN, "trainer.limit_test_batches=null", "trainer.accelerator=cpu",
+              "trainer.devices=2", "trainer.strategy=ddp", f"paths.data_root={data_root}",
+              f"hydra.run.dir={train_dir}", cwd=workdir)
     ckpt = f"ckpt_path={train_dir}/checkpoints/best.ckpt"
     runs = {name: workdir / "runs" / f"ddp_eval_{name}" for name in ("single", "ddp")}
     earthcast("eval", ckpt, "trainer.limit_test_batches=null", f"hydra.run.dir={runs['single']}", cwd=workdir)
@@ -38,6 +40,8 @@ def test_eval_under_ddp_scores_every_sample_once_and_stores_them_in_order(workdi
     single, ddp = (json.loads((run / "metrics.json").read_text()) for run in runs.values())
     assert single["n_samples"] % 2 == 1  # an odd count: the default sampler would have repeated one
     assert ddp["n_samples"] == single["n_samples"]
+    after_fit = json.loads((train_dir / "metrics.json").read_text())
+    assert after_fit["n_samples"] == single["n_samples"] and abs(after_fit["mse"] - single["mse"]) < 1e-6 * single["mse"]
     assert abs(ddp["mse"] - single["mse"]) < 1e-6 * single["mse"] and ddp["csi_m"] == single["csi_m"]
     with xr.open_dataset(runs["single"] / "predictions.nc") as a, xr.open_dataset(runs["ddp"] / "predictions.nc") as b:
         assert a.sizes == b.sizes and list(a.event_id.values) == list(b.event_id.values)

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from tests.cli.conftest import TINY_DATA, TINY_TRAIN, earthcast
+from tests.cli.conftest import TINY_DATA, TINY_TRAIN, compose_config, earthcast
 
 
 def test_ema_weights_are_checkpointed_and_scored_consistently(workdir, data_root):
@@ -31,8 +31,6 @@ def test_weight_averaging_is_left_out_of_eval_and_predict_trainers(tmp_path):
     from lightning.pytorch.callbacks import WeightAveraging
 
     from earthcast.tasks.runtime import build_trainer
-    from tests.cli.conftest import compose_config
-
     cfg = compose_config([*TINY_DATA, *TINY_TRAIN, "callbacks=ema", f"paths.output_dir={tmp_path}"])
     averaging = [[c for c in build_trainer(cfg, fit=fit).callbacks if isinstance(c, WeightAveraging)]
                  for fit in (True, False)]

@@ -79,7 +79,6 @@ def test_sample_writes_ensemble_outputs(prediff_chain):
     assert stored["crps"] == pytest.approx(metrics["crps"], rel=1e-4)
 
 
-
 def test_cpu_sampling_keeps_freed_memory(prediff_chain, workdir, monkeypatch):
     """`sample` on the CPU applies `cpu_keep_freed_memory` as training does (hundreds of sampler steps
     allocate the same large buffers again and again)."""
@@ -98,6 +97,7 @@ def test_cpu_sampling_keeps_freed_memory(prediff_chain, workdir, monkeypatch):
     finally:
         torch.set_num_threads(torch_threads)
     assert calls == [True]
+
 
 def test_knowledge_control_needs_an_alignment_checkpoint(prediff_chain, workdir):
     ldm_ckpt = prediff_chain["ldm"] / "checkpoints" / "best.ckpt"

@@ -142,30 +142,46 @@ def merge_rank_parts(path: str | Path, world_size: int, max_samples: int | None 
     """Join the per-rank files of a distributed evaluation into `path`, in dataset order, and delete them.
 
     With an unrepeated distributed sampler rank r holds samples r, r + W, r + 2W, … (W = world size), so the
-    k-th sample of rank r's file is sample k·W + r. Written under a temporary name, then renamed."""
-    import xarray as xr
-
+    k-th sample of rank r's file is sample k·W + r. Copied one sample at a time with the parts' own layout
+    (compression, chunks, attributes), so memory stays at one sample however large the split; written under
+    a temporary name, then renamed."""
     path = Path(path)
     parts = {rank: rank_part_path(path, rank) for rank in range(world_size)}
     parts = {rank: part for rank, part in parts.items() if part.is_file()}
     if not parts:
         return None
-    datasets, order = [], []
-    for rank, part in parts.items():
-        ds = xr.open_dataset(part, decode_cf=False)  # raw: written back exactly as the writer stored it
-        datasets.append(ds)
-        order.append(rank + world_size * np.arange(ds.sizes["sample"]))
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    sources = {rank: netCDF4.Dataset(part) for rank, part in parts.items()}
     try:
-        merged = xr.concat(datasets, dim="sample", data_vars="minimal", coords="minimal", compat="override",
-                           combine_attrs="override")
-        merged = merged.isel(sample=np.argsort(np.concatenate(order), kind="stable"))
-        if max_samples is not None:
-            merged = merged.isel(sample=slice(0, max_samples))
-        tmp_path = path.with_name(f".{path.name}.tmp")
-        merged.load().to_netcdf(tmp_path, format="NETCDF4")
+        order = sorted((k * world_size + rank, rank, k)
+                       for rank, src in sources.items() for k in range(len(src.dimensions["sample"])))
+        order = order[:max_samples] if max_samples is not None else order
+        first = sources[min(sources)]
+        with netCDF4.Dataset(tmp_path, "w", format="NETCDF4") as out:
+            out.setncatts({name: first.getncattr(name) for name in first.ncattrs()})
+            for name, dim in first.dimensions.items():
+                out.createDimension(name, None if dim.isunlimited() else len(dim))
+            per_sample = []
+            for name, var in first.variables.items():
+                filters = var.filters() or {}
+                chunks = var.chunking()
+                copy = out.createVariable(name, var.datatype, var.dimensions, zlib=bool(filters.get("zlib")),
+                                          complevel=filters.get("complevel", 4), shuffle=bool(filters.get("shuffle")),
+                                          chunksizes=None if chunks == "contiguous" else chunks)
+                copy.setncatts({attr: var.getncattr(attr) for attr in var.ncattrs()})
+                if var.dimensions[:1] == ("sample",):
+                    per_sample.append(name)
+                else:
+                    copy[:] = var[:]
+            for index, (_, rank, k) in enumerate(order):
+                for name in per_sample:
+                    out.variables[name][index] = sources[rank].variables[name][k]
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
     finally:
-        for ds in datasets:
-            ds.close()
+        for src in sources.values():
+            src.close()
     os.replace(tmp_path, path)
     for part in parts.values():
         part.unlink()
