@@ -1,5 +1,5 @@
 """CPU-only settings of the trainer builder: the allocator setting (`cpu_keep_freed_memory`) applies on CPU runs
-and only then; bfloat16 on a CPU without native support gets a warning."""
+and only then; bfloat16 on a CPU without native support gets a warning, and `bf16-mixed-if-native` falls back to float32 there."""
 
 import logging
 
@@ -39,3 +39,11 @@ def test_bf16_on_a_cpu_without_native_support_warns(monkeypatch, tmp_path, caplo
         with caplog.at_level(logging.WARNING, logger=runtime.__name__):
             runtime.build_trainer(cfg, fit=True)
         assert ("trainer.precision=32-true" in caplog.text) is warned
+
+
+def test_bf16_if_native_picks_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
+    cfg = _config(f"paths.output_dir={tmp_path}", f"trainer.precision={runtime.NATIVE_BF16}")
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda native=native: native)
+        trainer = runtime.build_trainer(cfg, fit=True)
+        assert trainer.precision == expected
