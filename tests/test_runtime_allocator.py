@@ -1,5 +1,6 @@
 """CPU-only settings of the trainer builder: the allocator setting (`cpu_keep_freed_memory`) applies on CPU runs
-and only then; bfloat16 on a CPU without native support gets a warning, and `bf16-mixed-if-native` falls back to float32 there."""
+and only then; bfloat16 on a CPU without native support gets a warning, and `bf16-mixed-if-native` falls back
+to float32 there."""
 
 import logging
 

@@ -16,7 +16,8 @@ def test_quickstart_earthformer_trains_in_bf16_on_cpu(workdir, data_root):
     run_dir = workdir / "runs" / "quickstart_earthformer"
     schedule = [arg for arg in TINY_TRAIN if not arg.startswith("model")]
     earthcast("train", "experiment=quickstart_earthformer", *TINY_DATA, *schedule, "model.base_units=16",
-              "model.stem_dims=[8,16]", "trainer.precision=bf16-mixed", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}", cwd=workdir)
+              "model.stem_dims=[8,16]", "trainer.precision=bf16-mixed", f"paths.data_root={data_root}",
+              f"hydra.run.dir={run_dir}", cwd=workdir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "precision: bf16-mixed\n" in config and "name: earthformer" in config
     preset = (Path(config_dir()) / "experiment" / "quickstart_earthformer.yaml").read_text()

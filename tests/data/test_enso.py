@@ -172,7 +172,6 @@ def test_batch_shapes_dtypes_and_coordinates(datamodule):
     assert set(next(iter(datamodule.predict_dataloader()))["model"]) == {"CMIP5-2"}
 
 
-
 def test_ddp_evaluation_shares_are_disjoint_and_read_every_window_once(datamodule, monkeypatch):
     """Under DDP each rank's val/test loader reads its own share and together they read each window exactly
     once (Lightning's default DistributedSampler pads the shares with repeats); training keeps shuffling."""
@@ -189,6 +188,7 @@ def test_ddp_evaluation_shares_are_disjoint_and_read_every_window_once(datamodul
         assert sorted(i for share in shares for i in share) == list(range(n_windows))
         assert shares[1][:2] == [1, 1 + world]  # rank r reads r, r + W, …
     assert isinstance(datamodule.train_dataloader().sampler, torch.utils.data.RandomSampler)
+
 
 def test_soda_split(root):
     splits = {"train": {"cmip6": [1, 2]}, "val": {"cmip5": [1, 1]}, "test": "soda"}

@@ -20,6 +20,10 @@ from earthcast.tasks.optim import accumulation_steps
 
 log = logging.getLogger(__name__)
 
+# trainer.precision value: bfloat16 autocast where the hardware computes in it natively, float32 elsewhere
+# (emulated bfloat16 on an AVX2-only CPU makes a step ~10x slower, not faster)
+NATIVE_BF16 = "bf16-mixed-if-native"
+
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
     """JSON with NaN written as null; temp name then rename, so a crash never leaves a half file."""
@@ -96,11 +100,6 @@ def build_trainer(cfg: DictConfig, *, fit: bool) -> L.Trainer:
             log.warning("trainer.precision=%s on a CPU without native bfloat16 (AVX-512 BF16 / AMX): steps will be "
                         "slower than in float32; set trainer.precision=32-true", kwargs["precision"])
     return trainer
-
-
-# trainer.precision value: bfloat16 autocast where the hardware computes in it natively, float32 elsewhere
-# (emulated bfloat16 on an AVX2-only CPU makes a step ~10x slower, not faster)
-NATIVE_BF16 = "bf16-mixed-if-native"
 
 
 def native_bf16_or_fp32(accelerator: str) -> str:
