@@ -122,3 +122,48 @@ def test_sevirlr_twin_has_the_sevirlr_layout(tmp_path: Path):
     datamodule = SevirDataModule(cfg)
     datamodule.setup("test")
     assert datamodule.datasets["test"][0]["inputs"].shape == (7, 16, 16, 1)
+
+
+def _ensure_twin_in_child(root: str, start) -> None:
+    from earthcast.data import ensure_dataset
+
+    start.wait()  # both processes begin generating together
+    ensure_dataset(twin_config(Path(root)))
+
+
+def test_simultaneous_first_runs_share_one_twin(tmp_path: Path):
+    """Two jobs started together on a fresh data root (a parallel multirun, two shells) both generate the
+    twin; the one that publishes second uses the first one's instead of failing on the rename."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    root = tmp_path / "sevir_synth"
+    start = context.Barrier(2)
+    jobs = [context.Process(target=_ensure_twin_in_child, args=(str(root), start)) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    assert _digests(root) == _digests(synthesize_sevir(twin_config(tmp_path / "alone"), progress=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone", "sevir_synth"]  # no staging left behind
+
+
+def test_losing_the_race_is_not_an_error_but_other_failures_are(tmp_path: Path, monkeypatch):
+    import earthcast.data as data
+
+    root = tmp_path / "sevir_synth"
+
+    def published_meanwhile(cfg, progress=True):
+        root.mkdir()  # the other process's rename landed first
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(data, "synthesize", published_meanwhile)
+    data.ensure_dataset(twin_config(root))
+
+    def disk_full(cfg, progress=True):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data, "synthesize", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        data.ensure_dataset(twin_config(tmp_path / "other"))

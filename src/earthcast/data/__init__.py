@@ -51,7 +51,13 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
         return
     if _global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
-        synthesize(cfg_dataset)
+        try:
+            synthesize(cfg_dataset)
+        except (OSError, UserError):
+            if not root.exists():
+                raise
+            # another job (a parallel multirun, a second shell) published the same seeded twin first
+            print(f"earthcast: another process generated {root} meanwhile; using it")
         return
     deadline = time.monotonic() + wait_s
     while not root.exists():
