@@ -151,3 +151,25 @@ def test_quickstart_config_is_small():
     assert 100_000 <= count <= 500_000  # a few hundred thousand: trains in minutes on 2 CPU cores
     with torch.no_grad():
         assert model.eval()(torch.rand(1, 13, 64, 64, 1)).shape == (1, 12, 64, 64, 1)
+
+
+@pytest.mark.parametrize("leads", [1, 3])
+def test_input_skip_copies_pixel_detail_into_its_leads_only(leads):
+    """The opt-in input skip hands its first `leads` frames full-resolution detail (pixel noise, which 4×4
+    tokens cannot carry) and leaves the later leads to the published head."""
+    torch.manual_seed(0)
+    model = tiny(in_len=4, out_len=3, stem_scales=[4], input_skip_leads=leads)  # tokens of 4×4 pixels
+    assert model.input_skip is not None and tiny(in_len=4, out_len=3).input_skip is None
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(120):  # fresh noise every step, so nothing can be memorised
+        inputs = torch.randn(4, 4, 16, 16, 1)
+        targets = inputs[:, -1:].expand(-1, 3, -1, -1, -1)  # persistence of pixel noise
+        per_lead = ((model(inputs) - targets) ** 2).mean(dim=(0, 2, 3, 4))
+        optimizer.zero_grad()
+        per_lead.mean().backward()
+        optimizer.step()
+    assert per_lead.shape == (3,)
+    assert (per_lead[:leads] < 0.1).all()  # the skip's leads copy the noise (variance 1)
+    assert (per_lead[leads:] > 0.5).all()  # the others cannot: their detail passes through 4×4 tokens
+    with pytest.raises(ValueError, match="input_skip_leads"):
+        tiny(out_len=3, input_skip_leads=4)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from earthcast.models.base import Forecaster
@@ -30,6 +31,9 @@ from earthcast.models.earthformer.blocks import (
     PositionEmbedding,
     SelfAttentionBlock,
     Upsample,
+    activation,
+    frames,
+    unframes,
 )
 from earthcast.models.earthformer.patterns import cross_pattern, self_pattern
 from earthcast.models.earthformer.stem import ConvHead, ConvStem
@@ -91,6 +95,9 @@ class EarthformerConfig:
     stem_num_convs: list[int] = field(default_factory=lambda: [2])
     head_num_convs: list[int] | None = None  # per stage, in stem order; default stem_num_convs
     stem_activation: str = "leaky"
+    # not in the paper (off by default): a full-resolution skip from the input frames to the first few leads
+    input_skip_leads: int = 0  # leads that get it (0 = off, the published model)
+    input_skip_units: int = 16
 
     def __post_init__(self):
         levels = len(self.enc_depth)
@@ -105,6 +112,8 @@ class EarthformerConfig:
             self.head_num_convs = list(self.stem_num_convs)
         if self.stem_dims[-1] != self.base_units or self.block_units[0] != self.base_units:
             raise ValueError("the stem's last width and the first block width must equal base_units")
+        if not 0 <= self.input_skip_leads <= self.out_len:
+            raise ValueError(f"input_skip_leads must be in [0, out_len={self.out_len}], got {self.input_skip_leads}")
         if self.z_init_method not in ("zeros", "last", "mean", "nearest_interp"):
             raise ValueError(f"unknown z_init_method {self.z_init_method!r}")
 
@@ -229,6 +238,33 @@ class Decoder(nn.Module):
         return x
 
 
+class InputSkip(nn.Module):
+    """Forecast of the first `input_skip_leads` frames from the head's features plus a 3×3 convolution of all
+    input frames stacked as channels, at full resolution (not part of the published model).
+
+    A small Earthformer's forecast has the resolution of its tokens, which costs it the first 5–10 minutes
+    against persistence and the UNet; this path hands those leads the pixels themselves. Later leads keep the
+    published head alone: given the path at every lead, the model leant on it there too and lost its
+    long-lead skill (docs/skill_runs.md, fifth and seventh rounds)."""
+
+    def __init__(self, cfg: EarthformerConfig):
+        super().__init__()
+        width, units = cfg.stem_dims[0], cfg.input_skip_units
+        self.inputs_conv = nn.Conv2d(cfg.in_len * cfg.in_channels, width, 3, padding=1)
+        self.mix = nn.Sequential(
+            nn.GroupNorm(max(1, width // 4), width), activation(cfg.stem_activation),
+            nn.Conv2d(width, units, 1), nn.GroupNorm(max(1, units // 4), units), activation(cfg.stem_activation),
+        )
+        self.out = nn.Linear(units, cfg.out_channels)
+
+    def forward(self, inputs: torch.Tensor, head_features: torch.Tensor) -> torch.Tensor:
+        """inputs (B, T_in, H, W, C), head_features (B, k, H, W, width) → (B, k, H, W, C_out)."""
+        stacked = rearrange(inputs, "b t h w c -> b (t c) h w")
+        skip = rearrange(self.inputs_conv(stacked), "b c h w -> b 1 h w c")
+        mixed = self.mix(frames(head_features + skip))
+        return self.out(unframes(mixed, inputs.shape[0]))
+
+
 class Earthformer(Forecaster):
     def __init__(self, cfg: EarthformerConfig):
         super().__init__(cfg.in_len, cfg.out_len)
@@ -244,6 +280,7 @@ class Earthformer(Forecaster):
         sizes = [(cfg.height, cfg.width)] + [s[1:3] for s in stem_shapes[:-1]]
         self.head = ConvHead(cfg.stem_dims, sizes, cfg.head_num_convs, groups, cfg.stem_activation)
         self.out_proj = nn.Linear(cfg.stem_dims[0], cfg.out_channels)
+        self.input_skip = InputSkip(cfg) if cfg.input_skip_leads else None
 
         # encoder
         t, h, w, _ = stem_shapes[-1]
@@ -307,8 +344,12 @@ class Earthformer(Forecaster):
         x = self.pos_embed(self.stem(inputs))
         g = None if self.global_vectors is None else self.global_vectors.expand(inputs.shape[0], -1, -1)
         memory, memory_globals = self.encoder(x, g)
-        y = self.decoder(self.initial_query(memory[-1]), memory, memory_globals)
-        return self.out_proj(self.head(y))
+        y = self.head(self.decoder(self.initial_query(memory[-1]), memory, memory_globals))
+        if self.input_skip is None:
+            return self.out_proj(y)
+        k = cfg.input_skip_leads
+        short = self.input_skip(inputs, y[:, :k])
+        return torch.cat([short, self.out_proj(y[:, k:])], dim=1) if k < cfg.out_len else short
 
 
 def config_from(cfg_model) -> EarthformerConfig:
