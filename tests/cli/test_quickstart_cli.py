@@ -1,27 +1,48 @@
-"""`experiment=quickstart_earthformer` end to end at tiny size: the Earthformer trains and is scored in bfloat16
-autocast on the CPU (forced here: the preset asks for it only where the CPU has native bfloat16), and its
-forecasts are stored as float32."""
+"""The quickstart presets. `earthcast train` with no experiment is the small Earthformer with its input skip;
+`experiment=quickstart_earthformer` is the same without it (the published architecture) and
+`experiment=quickstart_unet` the UNet baseline. End to end at tiny size the Earthformer trains and is scored
+in bfloat16 autocast on the CPU (forced here: the preset asks for it only where the CPU has native bfloat16),
+and its forecasts are stored as float32."""
 
 import json
 from pathlib import Path
 
+import pytest
 import xarray as xr
 
 from earthcast.cli import config_dir
+from earthcast.models import build_model
 from earthcast.tasks.runtime import NATIVE_BF16
-from tests.cli.conftest import TINY_DATA, TINY_TRAIN, earthcast
+from tests.cli.conftest import TINY_DATA, TINY_TRAIN, compose_config, earthcast
 
 
-def test_quickstart_earthformer_trains_in_bf16_on_cpu(workdir, data_root):
-    run_dir = workdir / "runs" / "quickstart_earthformer"
+def test_the_default_is_the_small_earthformer_with_its_input_skip():
+    default, published, unet = (compose_config(args) for args in
+                                ([], ["experiment=quickstart_earthformer"], ["experiment=quickstart_unet"]))
+    assert default.model.name == published.model.name == "earthformer" and unet.model.name == "unet"
+    assert default.model.input_skip_leads == 2 and published.model.input_skip_leads == 0
+    assert default.trainer.precision == published.trainer.precision == NATIVE_BF16
+    assert (default.trainer.max_epochs, unet.trainer.max_epochs) == (29, 12)
+    model = build_model(default.model)
+    assert 300_000 <= sum(p.numel() for p in model.parameters()) <= 400_000  # trains in minutes on 2 cores
+    assert model.input_skip is not None and build_model(published.model).input_skip is None
+    # a baseline swapped into the default recipe composes cleanly (the preset sets no model-specific keys)
+    assert compose_config(["model=unet"]).model.name == "unet"
+
+
+@pytest.mark.parametrize("experiment", [None, "quickstart_earthformer"])
+def test_quickstart_earthformer_trains_in_bf16_on_cpu(experiment, workdir, data_root):
+    run_dir = workdir / "runs" / f"quickstart_{experiment}"
     schedule = [arg for arg in TINY_TRAIN if not arg.startswith("model")]
-    earthcast("train", "experiment=quickstart_earthformer", *TINY_DATA, *schedule, "model.base_units=16",
-              "model.stem_dims=[8,16]", "trainer.precision=bf16-mixed", f"paths.data_root={data_root}",
-              f"hydra.run.dir={run_dir}", cwd=workdir)
+    preset = [f"experiment={experiment}"] if experiment else []
+    earthcast("train", *preset, *TINY_DATA, *schedule, "model.base_units=16", "model.stem_dims=[8,16]",
+              "trainer.precision=bf16-mixed", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
+              cwd=workdir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "precision: bf16-mixed\n" in config and "name: earthformer" in config
-    preset = (Path(config_dir()) / "experiment" / "quickstart_earthformer.yaml").read_text()
-    assert f"precision: {NATIVE_BF16}" in preset
+    assert f"input_skip_leads: {0 if experiment else 2}\n" in config
+    preset_text = (Path(config_dir()) / "experiment" / "quickstart.yaml").read_text()
+    assert f"precision: {NATIVE_BF16}" in preset_text
     scores = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= scores["csi_m"] <= 1.0 and scores["mse"] > 0
     with xr.open_dataset(run_dir / "predictions.nc") as forecasts:
