@@ -150,7 +150,7 @@ def test_simultaneous_first_runs_share_one_twin(tmp_path: Path):
 
 
 def test_losing_the_race_is_not_an_error_but_other_failures_are(tmp_path: Path, monkeypatch):
-    import earthcast.data as data
+    from earthcast.data import synthesize
 
     root = tmp_path / "sevir_synth"
 
@@ -158,12 +158,14 @@ def test_losing_the_race_is_not_an_error_but_other_failures_are(tmp_path: Path, 
         root.mkdir()  # the other process's rename landed first
         raise OSError(39, "Directory not empty")
 
-    monkeypatch.setattr(data, "synthesize", published_meanwhile)
-    data.ensure_dataset(twin_config(root))
+    monkeypatch.setitem(SYNTHESIZERS._entries, "sevir", published_meanwhile)
+    assert synthesize(twin_config(root)) == root
+    with pytest.raises(OSError, match="not empty"):  # --force asked for a new twin: losing is an error
+        synthesize(twin_config(root), force=True)
 
     def disk_full(cfg, progress=True):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data, "synthesize", disk_full)
+    monkeypatch.setitem(SYNTHESIZERS._entries, "sevir", disk_full)
     with pytest.raises(OSError, match="No space"):
-        data.ensure_dataset(twin_config(tmp_path / "other"))
+        synthesize(twin_config(tmp_path / "other"))

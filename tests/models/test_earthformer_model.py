@@ -153,7 +153,7 @@ def test_quickstart_config_is_small():
         assert model.eval()(torch.rand(1, 13, 64, 64, 1)).shape == (1, 12, 64, 64, 1)
 
 
-@pytest.mark.parametrize("leads", [1, 3])
+@pytest.mark.parametrize("leads", [1, 3])  # 3: every lead, so the published head forecasts none
 def test_input_skip_copies_pixel_detail_into_its_leads_only(leads):
     """The opt-in input skip hands its first `leads` frames full-resolution detail (pixel noise, which 4×4
     tokens cannot carry) and leaves the later leads to the published head."""

@@ -40,7 +40,14 @@ def synthesize(cfg_dataset, force: bool = False, progress: bool = True) -> Path:
         import shutil
 
         shutil.rmtree(root)
-    return Path(SYNTHESIZERS.get(str(synth["generator"]))(cfg_dataset, progress=progress))
+    try:
+        return Path(SYNTHESIZERS.get(str(synth["generator"]))(cfg_dataset, progress=progress))
+    except (OSError, UserError):
+        if force or not root.exists():
+            raise
+        # another job (a parallel multirun, a second shell) published the same seeded twin first
+        print(f"earthcast: another process generated {root} meanwhile; using it")
+        return root
 
 
 def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
@@ -51,13 +58,7 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
         return
     if _global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
-        try:
-            synthesize(cfg_dataset)
-        except (OSError, UserError):
-            if not root.exists():
-                raise
-            # another job (a parallel multirun, a second shell) published the same seeded twin first
-            print(f"earthcast: another process generated {root} meanwhile; using it")
+        synthesize(cfg_dataset)
         return
     deadline = time.monotonic() + wait_s
     while not root.exists():
