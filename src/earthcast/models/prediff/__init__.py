@@ -1,8 +1,7 @@
 """PreDiff networks (Gao et al., NeurIPS 2023): frame-wise VAE, Earthformer-UNet denoiser, alignment
-network, and the inference pipeline that chains them. Training lives in earthcast.tasks.prediff."""
+network. Training lives in earthcast.lightning.prediff, sampling in earthcast.diffusion."""
 
 from earthcast.models.prediff.align import AlignmentNet, build_alignment_net
-from earthcast.models.prediff.pipeline import PreDiffPipeline
 from earthcast.models.prediff.unet import EarthformerUNet, build_unet
 from earthcast.models.prediff.vae import (
     DiagonalGaussian,
@@ -18,7 +17,6 @@ __all__ = [
     "EarthformerUNet",
     "FrameAutoencoder",
     "PatchDiscriminator",
-    "PreDiffPipeline",
     "build_alignment_net",
     "build_autoencoder",
     "build_discriminator",

@@ -4,7 +4,7 @@ Each frame is encoded on its own: (B, T, H, W, C) → (B, T, H/f, W/f, C_z) with
 Encoder: 3×3 conv → per level `blocks_per_level` residual blocks, then a strided conv (all but the last
 level) → mid block [residual, spatial attention, residual] → norm, SiLU, 3×3 conv to 2·C_z (mean, log σ²).
 The decoder mirrors it with nearest-neighbour upsampling. SEVIR-LR at paper scale: 128×128 → 16×16×64
-with channels [128, 256, 512, 512] (reference.md; the published VAE config).
+with channels [128, 256, 512, 512] (the published VAE configuration, github.com/gaozhihan/PreDiff).
 
 `PatchDiscriminator` is the optional adversarial critic (PatchGAN, Isola et al., 2017) scoring overlapping
 patches of single frames; it uses GroupNorm, so no statistic is shared across the batch.
