@@ -75,7 +75,23 @@ def test_sampling_honours_trainer_precision(prediff_chain, workdir):
     assert crps["32-true"] is not None and crps["bf16-mixed"] is not None and crps["32-true"] != crps["bf16-mixed"]
 
 
+def test_sampling_under_ddp_scores_every_sequence_once(sampled, workdir):
+    """Two ranks draw the same chains as one process (each chain's noise comes from its batch's seed) and
+    their scores and forecasts are joined."""
+    run = workdir / "runs" / "sample_ddp"
+    earthcast("sample", f"ckpt_path={sampled['align']}/checkpoints/best.ckpt", "members=2", "sampler=ddim",
+              "sampler.steps=3", "knowledge=avg_intensity", "knowledge.n_sigma=2", "max_batches=1", "figure_samples=0",
+              "device=null", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+              "dataset.eval_batch_size=2", f"hydra.run.dir={run}", cwd=workdir, env=ONE_THREAD)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_samples"] == 4 and metrics["crps"] is not None  # one batch of 2 on each of two ranks
+    with xr.open_dataset(run / "predictions.nc") as ds:
+        assert ds.sizes["sample"] == 4 and ds.sizes["member"] == 2
+    assert not list(run.glob("predictions.rank*"))
+
+
 def test_device_names_become_trainer_settings():
+    assert device_settings(None) == {}
     assert device_settings("cpu")["accelerator"] == "cpu" and device_settings("auto")["devices"] == 1
     assert device_settings("cuda:1") == {"devices": [1], "num_nodes": 1, "strategy": "auto", "accelerator": "gpu"}
     with pytest.raises(UserError, match="device='tpu'"):

@@ -18,7 +18,7 @@ Writes to the run directory
     report.md, plots/ as for `earthcast eval`
 The model is rebuilt from the checkpoint alone (architecture and weights); the data come from the composed
 config, i.e. the checkpoint run's dataset unless overridden here. Sampling runs in a Lightning test loop on
-the device `device` names, in `trainer.precision`.
+the device `device` names (or, with device=null, as the trainer config says), in `trainer.precision`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
                                     knowledge=control.settings.mode, n_sigma=control.settings.n_sigma)
     trainer = build_trainer(cfg, fit=False, callbacks=[writer, bars], progress_bar=False, inference_mode=False,
                             limit_test_batches=int(cfg.max_batches) if cfg.max_batches is not None else 1.0,
-                            **device_settings(str(cfg.device)))
+                            **device_settings(cfg.device))
     log.info("sampling %s × %d member(s) with %s, knowledge=%s", "all batches" if cfg.max_batches is None
              else f"{cfg.max_batches} batch(es)", members, sampler.describe(), control.settings.mode)
     trainer.test(sampling, datamodule=datamodule, verbose=False)
@@ -86,8 +86,11 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
     return scores
 
 
-def device_settings(device: str) -> dict:
-    """`device` (auto | cpu | cuda | cuda:N) as Trainer arguments: one device; auto is a GPU if there is one."""
+def device_settings(device: str | None) -> dict:
+    """`device` (auto | cpu | cuda | cuda:N) as Trainer arguments: one device, auto a GPU if there is one;
+    null leaves the choice to the trainer config (trainer=ddp: every device, each sampling its share)."""
+    if device is None:
+        return {}
     one = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
     if device in ("auto", "cpu"):
         return {**one, "accelerator": device}
