@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from earthcast.errors import UserError
+from earthcast.layers.blocks import PatchMerge, SelfAttentionBlock
+from earthcast.layers.patterns import self_pattern
 from earthcast.models import MODELS, build_model
 from earthcast.models.earthformer import Earthformer, EarthformerConfig, build_earthformer
-from earthcast.models.earthformer.blocks import PatchMerge, SelfAttentionBlock
-from earthcast.models.earthformer.patterns import self_pattern
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 

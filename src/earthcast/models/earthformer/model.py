@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from earthcast.models.base import Forecaster
-from earthcast.models.earthformer.blocks import (
+from earthcast.layers.blocks import (
     CrossAttentionBlock,
     PatchMerge,
     PositionEmbedding,
@@ -35,7 +34,8 @@ from earthcast.models.earthformer.blocks import (
     frames,
     unframes,
 )
-from earthcast.models.earthformer.patterns import cross_pattern, self_pattern
+from earthcast.layers.patterns import cross_pattern, self_pattern
+from earthcast.models.base import Forecaster
 from earthcast.models.earthformer.stem import ConvHead, ConvStem
 
 

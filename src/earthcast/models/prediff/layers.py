@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.models.earthformer.blocks import SelfAttentionBlock, frames, unframes
-from earthcast.models.earthformer.patterns import self_pattern
+from earthcast.layers.blocks import SelfAttentionBlock, frames, unframes
+from earthcast.layers.patterns import self_pattern
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from earthcast.models.earthformer.blocks import PatchMerge, PositionEmbedding, Upsample
+from earthcast.layers.blocks import PatchMerge, PositionEmbedding, Upsample
 from earthcast.models.prediff.layers import (
     EarthformerLevel,
     TimestepEmbedding,

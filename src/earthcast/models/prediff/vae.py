@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.models.earthformer.blocks import frames, unframes
+from earthcast.layers.blocks import frames, unframes
 from earthcast.models.prediff.layers import ResnetBlock, SpatialAttention, group_norm
 
 

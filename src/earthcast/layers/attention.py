@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.models.earthformer.cuboid import (
+from earthcast.layers.cuboid import (
     CuboidLayer,
     Size3,
     cross_attention_mask,
@@ -35,8 +35,8 @@ from earthcast.models.earthformer.cuboid import (
     to_cuboids,
     token_is_real,
 )
-from earthcast.models.earthformer.dropout import Dropout, dropout
-from earthcast.models.earthformer.patterns import CrossLayer
+from earthcast.layers.dropout import Dropout, dropout
+from earthcast.layers.patterns import CrossLayer
 
 
 def mask_fill(dtype: torch.dtype) -> float:

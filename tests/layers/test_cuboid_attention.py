@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from earthcast.errors import UserError
-from earthcast.models.earthformer import attention as attention_module
-from earthcast.models.earthformer.attention import CuboidCrossAttention, CuboidSelfAttention
-from earthcast.models.earthformer.cuboid import (
+from earthcast.layers import attention as attention_module
+from earthcast.layers.attention import CuboidCrossAttention, CuboidSelfAttention
+from earthcast.layers.cuboid import (
     CuboidLayer,
     fit_cuboid,
     from_cuboids,
@@ -21,7 +21,7 @@ from earthcast.models.earthformer.cuboid import (
     to_cuboids,
     token_is_real,
 )
-from earthcast.models.earthformer.patterns import CrossLayer, cross_pattern, self_pattern
+from earthcast.layers.patterns import CrossLayer, cross_pattern, self_pattern
 
 STRATEGIES = list(itertools.product("ld", repeat=3))
 

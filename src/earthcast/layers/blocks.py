@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from earthcast.models.earthformer.attention import CuboidCrossAttention, CuboidSelfAttention, norm_layer
-from earthcast.models.earthformer.cuboid import CuboidLayer, Size3, pad_grid
-from earthcast.models.earthformer.dropout import Dropout
-from earthcast.models.earthformer.patterns import CrossLayer
+from earthcast.layers.attention import CuboidCrossAttention, CuboidSelfAttention, norm_layer
+from earthcast.layers.cuboid import CuboidLayer, Size3, pad_grid
+from earthcast.layers.dropout import Dropout
+from earthcast.layers.patterns import CrossLayer
 
 
 def activation(name: str) -> nn.Module:
