@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from earthcast.layers.attention import CuboidCrossAttention, CuboidSelfAttention, norm_layer
 from earthcast.layers.cuboid import CuboidLayer, Size3, pad_grid
 from earthcast.layers.dropout import Dropout
+from earthcast.layers.init import init_conv, init_embedding, init_linear
 from earthcast.layers.patterns import CrossLayer
 
 
@@ -37,6 +38,8 @@ class FeedForward(nn.Module):
         self.act = activation(act)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = Dropout(dropout)
+        for layer in (self.fc1, self.gate, self.fc2):
+            init_linear(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -138,6 +141,8 @@ class PositionEmbedding(nn.Module):
             self.h, self.w = nn.Embedding(max_h, dim), nn.Embedding(max_w, dim)
         else:
             self.hw = nn.Embedding(max_h * max_w, dim)
+        for table in self.children():
+            init_embedding(table)
 
     def embedding(self, t: int, h: int, w: int) -> torch.Tensor:
         """(T, H, W, C) embedding of a grid no larger than the one it was built for."""
@@ -155,7 +160,8 @@ class PatchMerge(nn.Module):
     """Space-time patch merging (Swin): concatenate each (dt, dh, dw) patch's features, norm, project.
 
     Every axis, time included, is padded at the end to a multiple of the patch (the reference's
-    `pad_h or pad_h or pad_w` test skipped the time axis)."""
+    `pad_h or pad_h or pad_w` test skipped the time axis, and then failed to reshape). The reference's
+    Earthformer uses LayerNorm here whatever its `norm_layer`, so callers building it leave `norm` alone."""
 
     def __init__(self, dim: int, out_dim: int, downsample: Size3 = (1, 2, 2), norm: str = "layer_norm",
                  padding_type: str = "zeros"):
@@ -164,6 +170,7 @@ class PatchMerge(nn.Module):
         patch = downsample[0] * downsample[1] * downsample[2]
         self.norm = norm_layer(norm, patch * dim)
         self.reduction = nn.Linear(patch * dim, out_dim, bias=False)
+        init_linear(self.reduction)
 
     def out_shape(self, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         t, h, w, _ = shape
@@ -218,6 +225,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.target_hw = tuple(target_hw)
         self.conv = nn.Conv2d(dim, out_dim, kernel_size, padding=kernel_size // 2)
+        init_conv(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = frames(x)
