@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "data": "data tools: synth (synthetic twins), sevirlr (build SEVIR-LR), check (validate a root)",
     "sample": "draw ensemble forecasts from a diffusion checkpoint (PreDiff), with knowledge control",
     "info": "model facts: shapes, parameters, GFLOPs, memory and timing of a training step",
+    "convert": "published Earthformer weights (weights=<.pt>) → an earthcast checkpoint for eval/predict/init_from",
 }
 DATA_ACTIONS = ("synth", "sevirlr", "check")
 # Hydra flags that take a value in the next word
@@ -58,6 +59,7 @@ def usage() -> str:
               "  earthcast eval ckpt_path=<run>/checkpoints/best.ckpt",
               "  earthcast data synth dataset=enso_synth",
               "  earthcast info model=earthformer_sevir dataset=sevir",
+              "  earthcast convert weights=earthformer_sevir.pt model=earthformer_sevir dataset=sevir",
               "", "`earthcast <subcommand> --help` shows its config groups; HYDRA_FULL_ERROR=1 shows tracebacks."]
     return "\n".join(lines)
 

@@ -16,6 +16,8 @@ def dispatch(subcommand: str, cfg):
         from earthcast.tasks.info import run_info as run
     elif subcommand == "data":
         from earthcast.tasks.data_command import run_data as run
+    elif subcommand == "convert":
+        from earthcast.tasks.convert import run_convert as run
     else:  # pragma: no cover - cli validates the name
         raise ValueError(subcommand)
     return run(cfg)
