@@ -20,6 +20,7 @@ from earthcast.tasks.base import EarthcastTask, build_task
 from earthcast.tasks.runtime import (
     build_trainer,
     checkpoint_callback,
+    initialize_weights,
     load_checkpoint,
     restore_datamodule_state,
     restore_weights,
@@ -38,7 +39,7 @@ def _run_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     return [o for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path="))]
+            if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path=", "init_from=", "init_strict="))]
 
 
 def _split_loader(datamodule, split: str, trainer: L.Trainer | None = None) -> DataLoader:
@@ -154,11 +155,15 @@ def run_train(cfg: DictConfig) -> dict:
     task.run_overrides = _run_overrides()
     trainer = build_trainer(cfg, fit=True)
 
+    if cfg.get("init_from"):
+        initialize_weights(task, str(cfg.init_from), strict=bool(cfg.get("init_strict", True)))
+
     best = None
     if task.trainable:
         resume = cfg.get("ckpt_path")
-        if resume:
-            load_checkpoint(resume)  # a clear error before Lightning's own loading
+        if resume and load_checkpoint(resume).get("earthcast", {}).get("converted_from"):
+            raise UserError(f"{resume} holds converted weights without a training state; start from them with "
+                            f"init_from={resume} instead of ckpt_path=")
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
         callback = checkpoint_callback(trainer)
         if callback is not None:

@@ -147,6 +147,27 @@ def restore_weights(task, checkpoint: dict, path: str | os.PathLike) -> None:
                         f"({first}); drop the model overrides that differ from the training run") from None
 
 
+def initialize_weights(task, path: str, strict: bool = True) -> None:
+    """Start training from another run's (or a converted) checkpoint's weights, with a fresh optimizer and
+    schedule. Non-strict loading takes every weight whose name and shape fit and lists the rest in one line."""
+    source = load_checkpoint(path)["state_dict"]
+    ours = task.state_dict()
+    fits = {k: v for k, v in source.items() if k in ours and ours[k].shape == v.shape}
+    misfits = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in source.items()
+               if k in ours and ours[k].shape != v.shape]
+    missing = [k for k in ours if k not in source]
+    unexpected = [k for k in source if k not in ours]
+    problems = [f"{label} {len(keys)} ({', '.join(keys[:3])}{' …' if len(keys) > 3 else ''})"
+                for label, keys in (("shape mismatch", misfits), ("not in checkpoint", missing),
+                                    ("not in model", unexpected)) if keys]
+    if problems and strict:
+        raise UserError(f"init_from={path} does not fit model={task.config['model']['name']}: {'; '.join(problems)}; "
+                        f"set init_strict=false to load only the weights that fit")
+    task.load_state_dict(fits, strict=False)
+    log.info("init_from=%s: %d of %d weights loaded%s", path, len(fits), len(ours),
+             f"; left at their initialisation: {'; '.join(problems)}" if problems else "")
+
+
 def restore_datamodule_state(datamodule, checkpoint: dict) -> None:
     """Datamodule state (e.g. ENSO normalisation statistics) saved by Lightning beside the weights."""
     state = checkpoint.get(type(datamodule).__qualname__)
