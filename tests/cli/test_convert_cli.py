@@ -117,3 +117,21 @@ def test_converted_checkpoint_evaluates_and_fine_tunes(tmp_path, published):
     assert (tune_dir / "checkpoints" / "last.ckpt").is_file()
     resumed = earthcast("train", f"ckpt_path={ckpt}", *data, cwd=tmp_path, check=False)
     assert_one_line_error(resumed, "converted", "init_from=")
+
+
+def test_converted_enso_weights_evaluate_on_files_in_the_icar_enso_layout(tmp_path, published):
+    """The published ICAR-ENSO model through convert → eval, on a small synthetic archive in the real layout
+    (the recipe's fixed SST scaling rides in the converted checkpoint)."""
+    root = tmp_path / "data"
+    earthcast("data", "synth", "dataset=enso_synth", f"paths.data_root={root}", cwd=tmp_path)
+    ckpt = tmp_path / "enso.ckpt"
+    convert(tmp_path, saved(tmp_path, published["enso"]), "model=earthformer_enso", "dataset=enso", f"dst={ckpt}",
+            check=True)
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["config"]["dataset"]["norm"]["sst_min"] < -16
+    eval_dir = tmp_path / "eval"
+    earthcast("eval", f"ckpt_path={ckpt}", f"dataset.root={root / 'enso_synth'}", "dataset.n_cmip6_models=3",
+              "dataset.cmip6_records=30", "dataset.n_cmip5_models=5", "dataset.cmip5_records=30",
+              "dataset.splits.train={cmip6:[1,3],cmip5:[1,3]}", "dataset.splits.val={cmip5:[4,4]}",
+              "dataset.splits.test={cmip5:[5,5]}", "dataset.num_workers=0", "trainer.accelerator=cpu",
+              "trainer.limit_test_batches=1", "outputs.plot_samples=0", f"hydra.run.dir={eval_dir}", cwd=tmp_path)
+    assert "nino34_corr_m" in (eval_dir / "metrics.json").read_text()
