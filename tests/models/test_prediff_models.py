@@ -70,10 +70,18 @@ def _perturb_output_layer(model: torch.nn.Module) -> None:
             torch.nn.init.normal_(param, std=0.5)
 
 
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter + 0.05·N(0, 1), as the reference fixtures: the zero-initialised residual branches of
+    the published initialisation would otherwise hide how information flows."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
 def test_unet_has_no_coupling_across_the_batch():
     torch.manual_seed(0)
-    model = unet().eval()
-    _perturb_output_layer(model)
+    model = _perturb(unet()).eval()
     z_t, context, t = torch.randn(3, 2, 4, 4, 2), torch.randn(3, 3, 4, 4, 2), torch.tensor([10, 20, 30])
     out = model(z_t, t, context)
     z_t2, context2 = z_t.clone(), context.clone()
@@ -81,13 +89,41 @@ def test_unet_has_no_coupling_across_the_batch():
     context2[2] -= 1.0
     out2 = model(z_t2, t, context2)
     assert torch.allclose(out[:2], out2[:2], atol=1e-6) and not torch.allclose(out[2], out2[2])
-    # and the context matters to the denoiser
+    # and the context and the timestep matter to the denoiser
     assert not torch.allclose(model(z_t, t, context + 0.5), out)
+    assert not torch.allclose(model(z_t, t + 1, context), out)
 
 
-def test_alignment_network_sees_the_context():
+def test_unet_reuses_one_residual_block_per_level():
+    """The reference's layout: each level has one time-embedded 3-D residual block, applied before each of
+    its `depth` attention blocks."""
+    model = unet(depth=[3, 2])
+    assert [len(level.blocks) for level in (*model.down, *model.up)] == [3, 2, 3, 2]
+    assert all(isinstance(level.res.conv1, torch.nn.Conv3d) for level in (*model.down, *model.up))
+    calls = []
+    model.down[0].res.register_forward_hook(lambda *_: calls.append(1))
+    model(torch.randn(1, 2, 4, 4, 2), torch.tensor([3]), torch.randn(1, 3, 4, 4, 2))
+    assert len(calls) == 3
+
+
+def test_published_alignment_network_ignores_the_context():
     torch.manual_seed(0)
-    net = AlignmentNet(2, 3, 2, 4, **tiny.NETWORK).eval()
+    net = _perturb(AlignmentNet(2, 3, 2, 4, **tiny.NETWORK)).eval()
+    z_t, t = torch.randn(2, 2, 4, 4, 2), torch.tensor([5, 60])
+    out = net(z_t, t, torch.randn(2, 3, 4, 4, 2))
+    assert out.shape == (2, 1) and torch.equal(out, net(z_t, t, None))
+    per_frame = net.frame_estimates(z_t, t)  # the released network's output: one estimate per frame
+    assert per_frame.shape == (2, 2, 1) and torch.allclose(out, per_frame.mean(dim=1), atol=1e-6)
+    z_t2 = z_t.clone()
+    z_t2[1] += 1.0  # only sample 1 changes
+    changed = net(z_t2, t)
+    assert torch.allclose(changed[0], out[0], atol=1e-6) and not torch.isclose(changed[1], out[1]).all()
+
+
+def test_context_aware_alignment_network_sees_the_context():
+    """Ours (`use_context`): U_φ(z_t, t, y) of the paper's equation."""
+    torch.manual_seed(0)
+    net = _perturb(AlignmentNet(2, 3, 2, 4, use_context=True, **tiny.NETWORK)).eval()
     z_t, t = torch.randn(2, 2, 4, 4, 2), torch.tensor([5, 60])
     context = torch.randn(2, 3, 4, 4, 2)
     out = net(z_t, t, context)
@@ -97,7 +133,7 @@ def test_alignment_network_sees_the_context():
     changed = net(z_t, t, other)
     assert not torch.isclose(changed[1], out[1]).all()  # the estimate depends on what was observed ...
     assert torch.allclose(changed[0], out[0], atol=1e-6)  # ... of its own sample only
-    per_frame = AlignmentNet(2, 3, 2, 4, per_frame=True, **tiny.NETWORK)
+    per_frame = AlignmentNet(2, 3, 2, 4, per_frame=True, use_context=True, **tiny.NETWORK)
     assert per_frame(z_t, t, context).shape == (2, 2)
 
 
