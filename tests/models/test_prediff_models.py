@@ -11,7 +11,14 @@ from omegaconf import OmegaConf
 from tests import prediff_tiny as tiny
 
 from earthcast.errors import UserError
-from earthcast.models.prediff import AlignmentNet, EarthformerUNet, FrameAutoencoder, build_autoencoder
+from earthcast.models.prediff import (
+    AlignmentNet,
+    EarthformerUNet,
+    FrameAutoencoder,
+    build_alignment_net,
+    build_autoencoder,
+    build_denoiser,
+)
 from earthcast.tasks.prediff import PreDiffAlignTask, PreDiffLDMTask, PreDiffVAETask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -50,6 +57,20 @@ def test_paper_scale_vae_maps_128_to_16x16x64():
     """The published SEVIR-LR autoencoder shape, checked on the config without a (slow) forward pass."""
     vae = build_autoencoder(OmegaConf.load(CONFIGS / "prediff_vae_sevirlr.yaml").autoencoder)
     assert isinstance(vae, FrameAutoencoder) and vae.latent_shape((128, 128)) == (16, 16, 64)
+
+
+@pytest.mark.parametrize("stage, released", [("vae", 84_499_393), ("ldm", 136_817_538), ("align", 8_937_033)])
+def test_published_configs_build_the_released_modules(stage, released):
+    """The parameter counts of the authors' released SEVIR-LR files (16×16×64 latents, 7 → 6 frames)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"prediff_{stage}_sevirlr.yaml"))
+    if stage == "vae":
+        module = build_autoencoder(cfg["autoencoder"])
+    elif stage == "ldm":
+        module = build_denoiser(cfg["denoiser"], 64, 7, 6, (16, 16))
+    else:
+        module = build_alignment_net(cfg["network"], 64, 7, 6, (16, 16), per_frame=False)
+        assert not module.use_context  # the released network ignores the context
+    assert sum(p.numel() for p in module.parameters()) == released
 
 
 @pytest.mark.parametrize("hw", [4, 5])  # 5: patch merging pads the odd side
