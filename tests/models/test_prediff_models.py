@@ -85,6 +85,22 @@ def test_unet_shapes_and_zero_initial_output(hw):
     assert torch.count_nonzero(out) == 0
 
 
+def test_networks_start_with_the_reference_zero_layers():
+    """The reference zeroes the last layer of every residual branch (attention projections, FFN outputs, the
+    3-D residual blocks' second convolutions) and the denoiser's output projection; nothing else."""
+    def zero_weights(model):
+        return {name for name, p in model.named_parameters() if p.dim() > 1 and not p.any()}
+
+    expected = ("proj_out.weight", ".fc2.weight", ".proj.weight", ".conv2.weight")
+    denoiser = unet(depth=[2, 1])
+    zeros = zero_weights(denoiser)
+    assert zeros == {n for n, p in denoiser.named_parameters() if p.dim() > 1 and n.endswith(expected)}
+    assert "proj_in.conv2.weight" in zeros and "down.0.blocks.1.attn.2.proj.weight" in zeros
+    align = AlignmentNet(2, 3, 2, 4, **tiny.NETWORK)
+    assert zero_weights(align) == {n for n, p in align.named_parameters()
+                                   if p.dim() > 1 and n.endswith(expected) and not n.startswith("readout.")}
+
+
 def _perturb_output_layer(model: torch.nn.Module) -> None:
     for name, param in model.named_parameters():
         if "proj_out" in name:
