@@ -118,6 +118,15 @@ def test_published_files_and_lightning_checkpoints_load_from_disk(fixtures, tmp_
     assert torch.equal(outputs[0], outputs[1])
     vae = load_prediff_weights(small_vae(fixtures["vae"]), lightning, "vae")
     assert torch.equal(vae.to_moments.weight, fixtures["vae"]["state_dict"]["quant_conv.weight"])
+    # a latent-diffusion checkpoint's moving average (LitEma: names without dots) is what the reference samples
+    # with, and what converts unless ema=False
+    averaged = {f"model_ema.{k.replace('.', '')}": v + 1 for k, v in fixture["state_dict"].items()
+                if not k.endswith("relative_position_index")}
+    torch.save({"state_dict": prefixed | averaged | {"model_ema.num_updates": torch.tensor(7)}}, lightning)
+    denoiser = load_prediff_weights(small_denoiser(fixture), lightning, "denoiser")
+    assert torch.equal(denoiser.proj_out.weight, fixture["state_dict"]["final_proj.weight"] + 1)
+    denoiser = load_prediff_weights(small_denoiser(fixture), lightning, "denoiser", ema=False)
+    assert torch.equal(denoiser.proj_out.weight, fixture["state_dict"]["final_proj.weight"])
 
 
 def test_describe_tells_the_files_apart(fixtures):

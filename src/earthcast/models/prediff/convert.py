@@ -4,7 +4,9 @@ The authors released three files, one per stage, linked from their README: the V
 latent denoiser (`CuboidTransformerUNet`) and the average-intensity alignment network
 (`NoisyCuboidTransformerEncoder`). Each is a plain state_dict of its module; their training code saves
 Lightning checkpoints whose state_dict holds the same keys under a module prefix (`torch_nn_module.`; the
-VAE inside a latent-diffusion checkpoint under `first_stage_model.`).
+VAE inside a latent-diffusion checkpoint under `first_stage_model.`). A latent-diffusion checkpoint also holds
+the denoiser's exponential moving average (`model_ema.<name without dots>`), which the reference samples
+with: the denoiser is converted from it unless `ema=False`.
 
 `convert_prediff(kind, state_dict, model)` renames every key by the explicit tables below and checks the
 result against the earthcast module it will be loaded into, key by key and shape by shape; anything that
@@ -100,6 +102,17 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], kind: str) -> dict[str,
     return weights.strip_prefix(state_dict, _kind(kind)[2])
 
 
+EMA_PREFIX = "model_ema."  # the reference's LitEma: one buffer per parameter, its name without dots
+
+
+def with_ema(state_dict: Mapping[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`reference` (the denoiser's keys) with each parameter replaced by its moving average when the
+    checkpoint `state_dict` holds one (a reference latent-diffusion checkpoint); buffers have none."""
+    if EMA_PREFIX + "num_updates" not in state_dict:
+        return reference
+    return {k: state_dict.get(EMA_PREFIX + k.replace(".", ""), v) for k, v in reference.items()}
+
+
 def _summary(sd: Mapping[str, torch.Tensor], kind: str) -> str | None:
     """Shapes that tell a `kind` state_dict apart (prefix already stripped); None when it is not one."""
     if kind == "vae" and "encoder.conv_in.weight" in sd and "quant_conv.weight" in sd:
@@ -135,21 +148,24 @@ def describe(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def convert_prediff(kind: str, state_dict: Mapping[str, torch.Tensor], model: nn.Module, *,
-                    source: str = "the state_dict", target: str | None = None) -> dict[str, torch.Tensor]:
+                    source: str = "the state_dict", target: str | None = None,
+                    ema: bool = True) -> dict[str, torch.Tensor]:
     """A reference `kind` state_dict ('vae', 'denoiser' or 'align'; plain or a Lightning checkpoint's) renamed
     to `model`'s keys and checked against it: every key present, none extra, every shape equal. The result
     loads with `model.load_state_dict(..., strict=True)`. `source` names the file and `target` the module or
-    configuration in errors."""
+    configuration in errors; `ema` takes a latent-diffusion checkpoint's averaged denoiser weights."""
     name = _kind(kind)[0]
     reference = strip_prefix(state_dict, kind)
+    if kind == "denoiser" and ema:
+        reference = with_ema(state_dict, reference)
     renamed = {rename(k, kind): k for k in reference if not INDEX_BUFFER.search(k)}
     target = target or f"earthcast's PreDiff {name.split(' (')[0]} ({type(model).__name__})"
     return weights.match_keys(model, reference, renamed, source=source, target=target,
                               description=describe(state_dict))
 
 
-def load_prediff_weights(model: nn.Module, path: str | Path, kind: str) -> nn.Module:
+def load_prediff_weights(model: nn.Module, path: str | Path, kind: str, ema: bool = True) -> nn.Module:
     """Read a published PreDiff file (or reference Lightning checkpoint) into `model`, in place."""
     state_dict = weights.read_weights(path, f"the reference PreDiff {_kind(kind)[0]}")
-    model.load_state_dict(convert_prediff(kind, state_dict, model, source=str(path)), strict=True)
+    model.load_state_dict(convert_prediff(kind, state_dict, model, source=str(path), ema=ema), strict=True)
     return model
