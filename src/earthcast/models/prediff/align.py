@@ -27,16 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.layers.blocks import PatchMerge, PositionEmbedding
-from earthcast.models.prediff.layers import (
-    EarthformerLevel,
-    ResidualBlock,
-    TimestepEmbedding,
-    as_pair,
-    group_norm,
-    level_shapes,
-    with_observation_channel,
-)
+from earthcast.models.prediff.layers import NoisyLatentEncoder, group_norm, with_observation_channel
 
 
 class AttentionPool(nn.Module):
@@ -62,47 +53,30 @@ class AttentionPool(nn.Module):
         return self.proj(pooled.transpose(-2, -1).flatten(1, 2))[..., 0]
 
 
-class AlignmentNet(nn.Module):
+class AlignmentNet(NoisyLatentEncoder):
     def __init__(self, latent_channels: int, in_len: int, out_len: int, latent_hw: int | Sequence[int],
                  per_frame: bool = False, base_units: int = 128, depth: Sequence[int] = (1, 1),
                  num_heads: int = 4, self_pattern: str = "axial", time_embed_mult: int = 4,
                  norm_groups: int = 32, dropout: float = 0.0, attn_drop: float = 0.1, proj_drop: float = 0.1,
                  ffn_drop: float = 0.1, use_relative_pos: bool = True, use_context: bool = False):
-        super().__init__()
+        # with the context: its frames first along time, plus the observation-indicator channel
+        super().__init__(latent_channels + 1 if use_context else latent_channels,
+                         in_len + out_len if use_context else out_len, latent_hw, base_units, depth,
+                         num_heads=num_heads, self_pattern=self_pattern, time_embed_mult=time_embed_mult,
+                         norm_groups=norm_groups, dropout=dropout, attn_drop=attn_drop, proj_drop=proj_drop,
+                         ffn_drop=ffn_drop, use_relative_pos=use_relative_pos)
         self.in_len, self.out_len, self.per_frame = in_len, out_len, bool(per_frame)
         self.use_context = bool(use_context)
         self.num_outputs = out_len if self.per_frame else 1
-        depth = [int(d) for d in depth]
-        length = in_len + out_len if self.use_context else out_len
-        shapes = level_shapes(length, as_pair(latent_hw), base_units, len(depth))
-        embed_dim = time_embed_mult * base_units
-        common = dict(num_heads=num_heads, pattern=self_pattern, groups=norm_groups, dropout=dropout,
-                      attn_drop=attn_drop, proj_drop=proj_drop, ffn_drop=ffn_drop,
-                      use_relative_pos=use_relative_pos)
-
-        in_channels = latent_channels + 1 if self.use_context else latent_channels
-        self.proj_in = ResidualBlock(in_channels, base_units, dims=3, groups=norm_groups, eps=1e-5,
-                                     dropout=proj_drop, zero_init_last=True)
-        self.pos_embed = PositionEmbedding(base_units, *shapes[0][:3])
-        self.time_embed = TimestepEmbedding(base_units, embed_dim)
-        self.down = nn.ModuleList(EarthformerLevel(s[3], s[:3], n, embed_dim, **common)
-                                  for s, n in zip(shapes, depth))
-        self.merge = nn.ModuleList(PatchMerge(a[3], b[3], (1, 2, 2)) for a, b in zip(shapes, shapes[1:]))
-        _, h, w, width = shapes[-1]
+        _, h, w, width = self.shapes[-1]
         self.readout_norm = group_norm(width, min(width, norm_groups))
         self.readout = AttentionPool(width, h * w, num_heads, 1)
 
     def frame_estimates(self, z_t: torch.Tensor, t: torch.Tensor,
                         context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T_out, 1): the estimate for each future frame (the released network's output)."""
-        x = with_observation_channel(context, z_t) if self.use_context else z_t
-        x = self.pos_embed(self.proj_in(x))
-        embedding = self.time_embed(t)
-        for i, level in enumerate(self.down):
-            if i > 0:
-                x = self.merge[i - 1](x)
-            x = level(x, embedding)
-        tokens = x[:, -self.out_len:].flatten(0, 1).flatten(1, 2).transpose(1, 2)  # (B·T_out, C, h·w)
+        levels, _ = self.down_path(with_observation_channel(context, z_t) if self.use_context else z_t, t)
+        tokens = levels[-1][:, -self.out_len:].flatten(0, 1).flatten(1, 2).transpose(1, 2)  # (B·T_out, C, h·w)
         estimates = self.readout(F.silu(self.readout_norm(tokens)))
         return estimates.unflatten(0, (z_t.shape[0], self.out_len))
 

@@ -27,56 +27,31 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from earthcast.layers.blocks import PatchMerge, PositionEmbedding, Upsample
-from earthcast.models.prediff.layers import (
-    EarthformerLevel,
-    ResidualBlock,
-    TimestepEmbedding,
-    as_pair,
-    level_shapes,
-    with_observation_channel,
-)
+from earthcast.layers.blocks import Upsample
+from earthcast.models.prediff.layers import NoisyLatentEncoder, with_observation_channel
 
 
-class EarthformerUNet(nn.Module):
+class EarthformerUNet(NoisyLatentEncoder):
     def __init__(self, latent_channels: int, in_len: int, out_len: int, latent_hw: int | Sequence[int],
                  base_units: int = 256, depth: Sequence[int] = (4, 4), num_heads: int = 4,
                  self_pattern: str = "axial", time_embed_mult: int = 4, norm_groups: int = 32,
                  dropout: float = 0.0, attn_drop: float = 0.1, proj_drop: float = 0.1, ffn_drop: float = 0.1,
                  use_relative_pos: bool = True, checkpoint_level: int = 0):
-        super().__init__()
+        super().__init__(latent_channels + 1, in_len + out_len, latent_hw, base_units, depth, num_heads=num_heads,
+                         self_pattern=self_pattern, time_embed_mult=time_embed_mult, norm_groups=norm_groups,
+                         dropout=dropout, attn_drop=attn_drop, proj_drop=proj_drop, ffn_drop=ffn_drop,
+                         use_relative_pos=use_relative_pos, checkpoint_level=checkpoint_level)
         self.in_len, self.out_len, self.latent_channels = in_len, out_len, latent_channels
-        depth = [int(d) for d in depth]
-        shapes = level_shapes(in_len + out_len, as_pair(latent_hw), base_units, len(depth))
-        embed_dim = time_embed_mult * base_units
-        common = dict(num_heads=num_heads, pattern=self_pattern, groups=norm_groups, dropout=dropout,
-                      attn_drop=attn_drop, proj_drop=proj_drop, ffn_drop=ffn_drop,
-                      use_relative_pos=use_relative_pos, checkpoint_level=checkpoint_level)
-
-        self.proj_in = ResidualBlock(latent_channels + 1, base_units, dims=3, groups=norm_groups, eps=1e-5,
-                                     dropout=proj_drop, zero_init_last=True)
-        self.pos_embed = PositionEmbedding(base_units, *shapes[0][:3])
-        self.time_embed = TimestepEmbedding(base_units, embed_dim)
-        self.down = nn.ModuleList(EarthformerLevel(s[3], s[:3], n, embed_dim, **common)
-                                  for s, n in zip(shapes, depth))
-        self.merge = nn.ModuleList(PatchMerge(a[3], b[3], (1, 2, 2)) for a, b in zip(shapes, shapes[1:]))
-        self.up = nn.ModuleList(EarthformerLevel(s[3], s[:3], n, embed_dim, **common)
-                                for s, n in zip(shapes, depth))
+        self.up = self.levels(depth)
         self.upsample = nn.ModuleList(Upsample(b[3], a[3], a[1:3], default_init=True)
-                                      for a, b in zip(shapes, shapes[1:]))
+                                      for a, b in zip(self.shapes, self.shapes[1:]))
         self.proj_out = nn.Linear(base_units, latent_channels)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = self.pos_embed(self.proj_in(with_observation_channel(context, z_t)))
-        embedding = self.time_embed(t)
-        skips = []
-        for i, level in enumerate(self.down):
-            if i > 0:
-                x = self.merge[i - 1](x)
-            x = level(x, embedding)
-            skips.append(x)
+        skips, embedding = self.down_path(with_observation_channel(context, z_t), t)
+        x = skips[-1]
         for i in reversed(range(len(self.up))):
             if i < len(self.up) - 1:
                 x = x + skips[i]

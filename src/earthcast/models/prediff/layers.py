@@ -1,7 +1,8 @@
 """Building blocks shared by the PreDiff networks (Gao et al., NeurIPS 2023; github.com/gaozhihan/PreDiff):
 residual blocks (2-D for the VAE, 3-D and timestep-conditioned for the denoiser and the alignment network),
-the timestep embedding, the observation-indicator input, and the Earthformer level that applies one
-time-embedded residual block before each of its cuboid self-attention blocks.
+the timestep embedding, the observation-indicator input, the Earthformer level that applies one
+time-embedded residual block before each of its cuboid self-attention blocks, and the input and down path
+that the denoiser and the alignment network share.
 
 Convolutions run channels-first; the Earthformer parts are channels-last (B, T, H, W, C) like
 earthcast.layers, whose cuboid-attention blocks are reused here.
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.layers.blocks import SelfAttentionBlock
+from earthcast.layers.blocks import PatchMerge, PositionEmbedding, SelfAttentionBlock
 from earthcast.layers.init import init_linear
 from earthcast.layers.patterns import self_pattern
 
@@ -122,6 +123,47 @@ class EarthformerLevel(nn.Module):
         for block in self.blocks:
             x = block(self.res(x, embedding))
         return x
+
+
+class NoisyLatentEncoder(nn.Module):
+    """The input and down path the denoiser and the alignment network share (the reference builds both the
+    same way): a 3-D residual block from `in_channels` to base_units (no timestep), a learned position
+    embedding, the timestep embedding, then per level (patch merging ×2 in space, ×2 width between levels)
+    an `EarthformerLevel`. `down_path` returns every level's output and the timestep embedding."""
+
+    def __init__(self, in_channels: int, length: int, latent_hw: int | Sequence[int], base_units: int,
+                 depth: Sequence[int], *, num_heads: int, self_pattern: str, time_embed_mult: int,
+                 norm_groups: int, dropout: float, attn_drop: float, proj_drop: float, ffn_drop: float,
+                 use_relative_pos: bool, checkpoint_level: int = 0):
+        super().__init__()
+        depth = [int(d) for d in depth]
+        self.shapes = level_shapes(length, as_pair(latent_hw), base_units, len(depth))
+        self.embed_dim = time_embed_mult * base_units
+        self.level_options = dict(num_heads=num_heads, pattern=self_pattern, groups=norm_groups, dropout=dropout,
+                                  attn_drop=attn_drop, proj_drop=proj_drop, ffn_drop=ffn_drop,
+                                  use_relative_pos=use_relative_pos, checkpoint_level=checkpoint_level)
+        self.proj_in = ResidualBlock(in_channels, base_units, dims=3, groups=norm_groups, eps=1e-5,
+                                     dropout=proj_drop, zero_init_last=True)
+        self.pos_embed = PositionEmbedding(base_units, *self.shapes[0][:3])
+        self.time_embed = TimestepEmbedding(base_units, self.embed_dim)
+        self.down = self.levels(depth)
+        self.merge = nn.ModuleList(PatchMerge(a[3], b[3], (1, 2, 2)) for a, b in zip(self.shapes, self.shapes[1:]))
+
+    def levels(self, depth: Sequence[int]) -> nn.ModuleList:
+        """One `EarthformerLevel` per level, `depth[i]` attention blocks each."""
+        return nn.ModuleList(EarthformerLevel(s[3], s[:3], int(n), self.embed_dim, **self.level_options)
+                             for s, n in zip(self.shapes, depth))
+
+    def down_path(self, x: torch.Tensor, t: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.pos_embed(self.proj_in(x))
+        embedding = self.time_embed(t)
+        outputs = []
+        for i, level in enumerate(self.down):
+            if i > 0:
+                x = self.merge[i - 1](x)
+            x = level(x, embedding)
+            outputs.append(x)
+        return outputs, embedding
 
 
 def level_shapes(length: int, hw: tuple[int, int], base_units: int, levels: int) -> list[tuple[int, int, int, int]]:
