@@ -31,6 +31,7 @@ examples:
   earthcast eval ckpt_path=<run>/checkpoints/best.ckpt
   earthcast data synth dataset=enso_synth
   earthcast info model=earthformer_sevir dataset=sevir
+  earthcast convert weights=earthformer_sevir.pt model=earthformer_sevir dataset=sevir
 
 `earthcast <command> --help` shows its config groups; HYDRA_FULL_ERROR=1 shows tracebacks."""
 

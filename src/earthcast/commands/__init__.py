@@ -16,7 +16,7 @@ import importlib.util
 from types import ModuleType
 
 #: the commands, in the order `earthcast --help` lists them
-COMMANDS = ("train", "eval", "predict", "data", "sample", "info")
+COMMANDS = ("train", "eval", "predict", "data", "sample", "info", "convert")
 
 
 def load(name: str) -> ModuleType:

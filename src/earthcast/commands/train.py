@@ -2,7 +2,8 @@
 
 Fit on the train split, select the best checkpoint on the validation skill score (cfg.monitor), then score
 that checkpoint on the test split. `ckpt_path=<run>/checkpoints/last.ckpt` resumes a run in its own run
-directory, with the overrides it was composed with.
+directory, with the overrides it was composed with; `init_from=<ckpt>` starts from a trained or converted
+checkpoint's weights with a fresh optimizer and schedule (fine-tuning).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from earthcast.commands import is_override, override_key, value_of
 from earthcast.data import build_datamodule
+from earthcast.errors import UserError
 from earthcast.lightning import Checkpoint, build_module, build_trainer
 from earthcast.lightning.writer import ForecastWriter
 from earthcast.metrics.report import print_summary
@@ -37,6 +39,11 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset)
     module = build_module(cfg, checkpoint)
+    if checkpoint is not None and checkpoint.converted_from:
+        raise UserError(f"{checkpoint.path} holds converted weights without a training state; start from them "
+                        f"with init_from={checkpoint.path} instead of ckpt_path=")
+    if cfg.init_from:
+        Checkpoint.read(str(cfg.init_from)).load_weights_that_fit(module, strict=bool(cfg.init_strict))
     writer = ForecastWriter.for_run(cfg)
     trainer = build_trainer(cfg, fit=True, checkpoint=checkpoint, callbacks=[writer])
 

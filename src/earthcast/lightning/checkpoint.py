@@ -7,6 +7,7 @@ file. `RunOverrides` stores the overrides a run was composed with in every check
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from lightning.pytorch.callbacks import Callback
 
 from earthcast import __version__
 from earthcast.errors import UserError
+
+log = logging.getLogger("earthcast")
 
 
 @dataclass
@@ -57,6 +60,11 @@ class Checkpoint:
         """The command-line overrides the checkpoint's run was composed with (replayed to rebuild it)."""
         return list(self.content.get("earthcast", {}).get("overrides", []))
 
+    @property
+    def converted_from(self) -> dict | None:
+        """The published weight file an `earthcast convert` checkpoint was made from (name, sha256)."""
+        return self.content.get("earthcast", {}).get("converted_from")
+
     def load_weights(self, module) -> None:
         try:
             module.load_state_dict(self.state_dict, strict=True)
@@ -65,6 +73,25 @@ class Checkpoint:
             raise UserError(f"checkpoint {self.path} does not fit model={module.config['model']['name']} as "
                             f"configured ({first}); drop the model overrides that differ from the training run"
                             ) from None
+
+    def load_weights_that_fit(self, module, strict: bool = True) -> None:
+        """Start from these weights with a fresh optimizer and schedule (`train init_from=`): every weight must fit
+        when `strict`; otherwise those whose name and shape fit load and the rest are listed in one line."""
+        source, ours = self.state_dict, module.state_dict()
+        fits = {k: v for k, v in source.items() if k in ours and ours[k].shape == v.shape}
+        misfits = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in source.items()
+                   if k in ours and ours[k].shape != v.shape]
+        missing = [k for k in ours if k not in source]
+        unexpected = [k for k in source if k not in ours]
+        problems = [f"{label} {len(keys)} ({', '.join(keys[:3])}{' …' if len(keys) > 3 else ''})"
+                    for label, keys in (("shape mismatch", misfits), ("not in checkpoint", missing),
+                                        ("not in model", unexpected)) if keys]
+        if problems and strict:
+            raise UserError(f"init_from={self.path} does not fit model={module.config['model']['name']}: "
+                            f"{'; '.join(problems)}; set init_strict=false to load only the weights that fit")
+        module.load_state_dict(fits, strict=False)
+        log.info("init_from=%s: %d of %d weights loaded%s", self.path, len(fits), len(ours),
+                 f"; left at their initialisation: {'; '.join(problems)}" if problems else "")
 
     def restore_datamodule(self, datamodule) -> None:
         """Datamodule state (e.g. ENSO normalisation statistics) saved by Lightning beside the weights."""
@@ -94,3 +121,32 @@ class RunOverrides(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["earthcast"] = {"overrides": list(self.overrides), "version": __version__}
+
+
+def load_model(ckpt_path: str | os.PathLike):
+    """The forecaster stored in an earthcast checkpoint (trained, or made by `earthcast convert`) as a plain
+    `torch.nn.Module`, in eval mode, float32, on the CPU. Its forward takes (B, T_in, H, W, C) on the dataset's
+    model scale (SEVIR: VIL/255; ICAR-ENSO: SST anomalies min/max-scaled to [0, 1]) and returns
+    (B, T_out, H, W, C) on the same scale.
+
+        >>> model = earthcast.load_model("earthformer_sevir.ckpt")
+        >>> forecast = model(context)            # torch.no_grad() for inference
+    """
+    from earthcast.models import build_model
+
+    checkpoint = Checkpoint.read(ckpt_path)
+    config = checkpoint.config
+    if "model" not in config:
+        raise UserError(f"{ckpt_path} carries no run config; it was not written by earthcast")
+    if config.get("module", "forecast") != "forecast":
+        raise UserError(f"{ckpt_path} is a {config['module']} checkpoint, not a forecaster; load_model takes "
+                        f"checkpoints of deterministic forecasters (module=forecast)")
+    model = build_model(config["model"])
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in checkpoint.state_dict.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        keys = ", ".join((missing or unexpected)[:3])
+        raise UserError(f"{ckpt_path}: the weights do not fit model={config['model'].get('name')} as stored "
+                        f"({'missing' if missing else 'unexpected'}: {keys}); the checkpoint is damaged")
+    return model.float().eval()

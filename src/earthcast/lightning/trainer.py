@@ -78,11 +78,11 @@ def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None =
 
 def run_overrides() -> list[str]:
     """The command-line overrides of this run (the checkpoint's replayed ones included), minus Hydra's own
-    and the checkpoint path: what rebuilds the run from one of its checkpoints."""
+    and the checkpoints it started from: what rebuilds the run from one of its checkpoints."""
     if not HydraConfig.initialized():
         return []
     return [o for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path="))]
+            if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path=", "init_from=", "init_strict="))]
 
 
 def world_size(trainer_kwargs: dict) -> int:

@@ -20,7 +20,7 @@ from earthcast.diffusion.pipeline import PreDiffPipeline
 from earthcast.errors import UserError
 from earthcast.lightning.checkpoint import Checkpoint
 from earthcast.lightning.module import EarthcastModule
-from earthcast.models.prediff import build_autoencoder, build_unet
+from earthcast.models.prediff import build_autoencoder, build_denoiser
 
 
 def frame_shape(config: dict) -> tuple[int, int, int, int]:
@@ -91,7 +91,7 @@ class LatentDiffusionModule(EarthcastModule):
         self.latent_shape = self.vae.latent_shape((height, width))
         self.schedule = NoiseSchedule.from_config(spec["diffusion"])
         self.prediction_type = str(spec["diffusion"]["prediction_type"])
-        self.denoiser = build_unet(spec["denoiser"], self.latent_shape[2], in_len, out_len, self.latent_shape[:2])
+        self.denoiser = build_denoiser(spec["denoiser"], self.latent_shape[2], in_len, out_len, self.latent_shape[:2])
 
     def freeze(self) -> None:
         for name in self.frozen:

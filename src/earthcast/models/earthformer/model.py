@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from earthcast.models.base import Forecaster
-from earthcast.models.earthformer.blocks import (
+from earthcast.layers.blocks import (
     CrossAttentionBlock,
     PatchMerge,
     PositionEmbedding,
@@ -35,7 +34,9 @@ from earthcast.models.earthformer.blocks import (
     frames,
     unframes,
 )
-from earthcast.models.earthformer.patterns import cross_pattern, self_pattern
+from earthcast.layers.init import init_linear
+from earthcast.layers.patterns import cross_pattern, self_pattern
+from earthcast.models.base import Forecaster
 from earthcast.models.earthformer.stem import ConvHead, ConvStem
 
 
@@ -65,6 +66,10 @@ class EarthformerConfig:
     dec_cross_start: int = 0  # lowest level (0 = finest) with cross attention
     dec_cross_last_n_frames: int | None = None  # cross-attend only to the last n memory frames
     dec_use_first_self_attn: bool = False  # top level: self attention before the first cross attention
+    # frames the decoder's self-attention cuboids are laid out for: 'input' (T_in, as the reference builds them;
+    # with T_out > T_in the decoder grid is padded, e.g. ICAR-ENSO's 14 frames in cuboids of 12) or 'output'
+    # (T_out: one temporal cuboid spans the whole forecast; ours, not in the published models)
+    dec_self_pattern_frames: str = "input"
     dec_hierarchical_pos_embed: bool = False  # position embedding again after each decoder upsampling
     # global vectors (Sec. 3.2)
     num_global_vectors: int = 0
@@ -82,11 +87,14 @@ class EarthformerConfig:
     ffn_activation: str = "gelu"
     gated_ffn: bool = False
     norm_layer: str = "layer_norm"
-    padding_type: str = "zeros"  # value of padded cells ('zeros' | 'nearest'); padding is always masked
+    # padding to whole cuboids: 'zeros' (attendable zero tokens, the published models), 'ignore' (zero
+    # tokens masked out of attention), 'nearest' (the grid resampled to the padded size and back)
+    padding_type: str = "zeros"
     pos_embed_type: str = "t+h+w"
     use_relative_pos: bool = True
     self_attn_use_final_proj: bool = True
-    z_init_method: str = "zeros"  # decoder query: zeros | last | mean | nearest_interp (+ position embedding)
+    # decoder query: 'zeros' (a learned position embedding) | 'last' | 'mean' | 'nearest_interp' (of the top memory)
+    z_init_method: str = "zeros"
     checkpoint_level: int = 0  # 0 none, 1 recompute FFNs in backward, 2 also attention
     # convolutional stem and head
     stem_type: str = "stack_conv"  # conv: one stage at base_units, GroupNorm(16) | stack_conv: GroupNorm(d/4)
@@ -116,6 +124,8 @@ class EarthformerConfig:
             raise ValueError(f"input_skip_leads must be in [0, out_len={self.out_len}], got {self.input_skip_leads}")
         if self.z_init_method not in ("zeros", "last", "mean", "nearest_interp"):
             raise ValueError(f"unknown z_init_method {self.z_init_method!r}")
+        if self.dec_self_pattern_frames not in ("input", "output"):
+            raise ValueError(f"dec_self_pattern_frames must be 'input' or 'output', got {self.dec_self_pattern_frames!r}")
 
     def per_level(self, value) -> list:
         return [value] * len(self.enc_depth) if isinstance(value, str) else list(value)
@@ -138,7 +148,7 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         for i in range(levels - 1):
             self.down.append(PatchMerge(units[i], units[i + 1], (1, cfg.downsample, cfg.downsample),
-                                        cfg.norm_layer, cfg.padding_type))
+                                        padding_type=cfg.padding_type))
             self.shapes.append(self.down[-1].out_shape(self.shapes[-1]))
         patterns = cfg.per_level(cfg.self_pattern)
         globals_on = cfg.num_global_vectors > 0
@@ -152,7 +162,7 @@ class Encoder(nn.Module):
             for i in range(levels)
         )
         ratio = cfg.global_dim_ratio
-        self.global_down = nn.ModuleList(
+        self.global_down = nn.ModuleList(  # PyTorch's default initialisation, as in the reference
             nn.Linear(ratio * units[i], ratio * units[i + 1]) for i in range(levels - 1) if globals_on
         )
 
@@ -177,8 +187,8 @@ class Decoder(nn.Module):
     """From the top level down: [self-attention block → cross-attention block] × depth, then upsample.
 
     At the top level (unless dec_use_first_self_attn) the query first cross-attends to the memory, so that
-    level has depth−1 self-attention blocks. Self-attention patterns are laid out on the decoder's own grid
-    (T_out frames; the reference uses the memory's T_in)."""
+    level has depth−1 self-attention blocks. Self-attention patterns are laid out for the memory's T_in frames
+    (the reference) or, with dec_self_pattern_frames='output', for the decoder's own T_out."""
 
     def __init__(self, cfg: EarthformerConfig, mem_shapes: list, max_temporal_relative: int, block_kwargs: dict):
         super().__init__()
@@ -191,7 +201,8 @@ class Decoder(nn.Module):
         self.self_blocks, self.cross_blocks = nn.ModuleList(), nn.ModuleList()
         for i, (_, h, w, dim) in enumerate(mem_shapes):
             num_self = cfg.dec_depth[i] - (1 if i == top and not self.first_self else 0)
-            layers = self_pattern(self_patterns[i], (out_len, h, w))
+            frames = out_len if cfg.dec_self_pattern_frames == "output" else mem_shapes[i][0]
+            layers = self_pattern(self_patterns[i], (frames, h, w))
             self.self_blocks.append(nn.ModuleList(
                 SelfAttentionBlock(dim, cfg.num_heads, layers, use_inter_ffn=cfg.dec_use_inter_ffn,
                                    use_global_vectors=self.self_global, **block_kwargs)
@@ -308,25 +319,23 @@ class Earthformer(Forecaster):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """The reference's initialisation: linear layers N(0, 1/fan_in), convolutions Kaiming (fan-out,
-        leaky 0.1), zero biases, unit norms, embeddings/bias tables/global vectors N(0, 0.02²) truncated."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
-            elif isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(module, nn.Embedding):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        """The reference's initialisation at model level (each layer initialises its own parameters, see
+        earthcast.layers.init): the query and output projections N(0, 1/fan_in), global vectors truncated
+        N(0, 0.02²); the stem's and head's convolutions keep PyTorch's default, as in the reference."""
+        init_linear(self.query_proj)
+        init_linear(self.out_proj)
+        if self.input_skip is not None:
+            init_linear(self.input_skip.out)
         if self.global_vectors is not None:
             nn.init.trunc_normal_(self.global_vectors, std=0.02)
 
     def initial_query(self, top_memory: torch.Tensor) -> torch.Tensor:
-        """The decoder's input: T_out frames at the top level (position embedded, then projected)."""
+        """The decoder's input: T_out frames at the top level, projected. 'zeros' is a purely learned
+        space-time query (the position embedding), shared by all samples; the other methods copy the top memory
+        and, as in the reference, add no position embedding."""
         batch, _, h, w, c = top_memory.shape
         method, out_len = self.cfg.z_init_method, self.cfg.out_len
-        if method == "zeros":  # a purely learned space-time query, shared by all samples
+        if method == "zeros":
             return self.query_proj(self.query_pos_embed.embedding(out_len, h, w)).expand(batch, -1, -1, -1, -1)
         if method == "last":
             z = top_memory[:, -1:].expand(-1, out_len, -1, -1, -1)
@@ -334,7 +343,7 @@ class Earthformer(Forecaster):
             z = top_memory.mean(dim=1, keepdim=True).expand(-1, out_len, -1, -1, -1)
         else:  # nearest_interp along time
             z = F.interpolate(top_memory.permute(0, 4, 1, 2, 3), size=(out_len, h, w)).permute(0, 2, 3, 4, 1)
-        return self.query_proj(self.query_pos_embed(z))
+        return self.query_proj(z)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

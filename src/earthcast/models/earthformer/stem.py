@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from earthcast.models.earthformer.blocks import PatchMerge, Upsample, activation, frames, unframes
+from earthcast.layers.blocks import PatchMerge, Upsample, activation, frames, unframes
 
 Shape4 = tuple[int, int, int, int]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from earthcast.errors import UserError
-from earthcast.models.earthformer import attention as attention_module
-from earthcast.models.earthformer.attention import CuboidCrossAttention, CuboidSelfAttention
-from earthcast.models.earthformer.cuboid import (
+from earthcast.layers import attention as attention_module
+from earthcast.layers.attention import CuboidCrossAttention, CuboidSelfAttention
+from earthcast.layers.cuboid import (
     CuboidLayer,
     fit_cuboid,
     from_cuboids,
@@ -20,8 +20,9 @@ from earthcast.models.earthformer.cuboid import (
     self_attention_mask,
     to_cuboids,
     token_is_real,
+    unpad_grid,
 )
-from earthcast.models.earthformer.patterns import CrossLayer, cross_pattern, self_pattern
+from earthcast.layers.patterns import CrossLayer, cross_pattern, self_pattern
 
 STRATEGIES = list(itertools.product("ld", repeat=3))
 
@@ -64,16 +65,30 @@ def test_local_cuboids_are_blocks_and_dilated_cuboids_are_strided():
     assert set(dilated[-1, :, 0].tolist()) == {1, 3} and set(dilated[-1, :, 1].tolist()) == {1, 3, 5}
 
 
-def test_round_trip_with_padding_and_nearest_fill():
+def test_round_trip_with_padding():
     x = torch.randn(1, 3, 5, 7, 2)
     layer = fit_cuboid((3, 5, 7), CuboidLayer((2, 2, 4), ("l", "d", "l"), (1, 0, 2)))
     pad = tuple(p - s for p, s in zip(padded((3, 5, 7), layer.size), (3, 5, 7)))
-    for mode in ("zeros", "nearest"):
+    for mode in ("zeros", "ignore", "nearest"):
         grid = pad_grid(x, pad, mode)
         assert grid.shape[1:4] == (4, 6, 8)
         back = from_cuboids(to_cuboids(grid, layer.size, layer.strategy), layer.size, layer.strategy, (4, 6, 8))
-        assert torch.equal(back[:, :3, :5, :7], x)
-    assert torch.equal(pad_grid(x, (1, 0, 0), "nearest")[:, -1], x[:, -1])
+        assert torch.equal(back, grid)
+        assert unpad_grid(back, (3, 5, 7), mode).shape == x.shape
+    assert torch.equal(pad_grid(x, pad, "zeros")[:, :3, :5, :7], x)
+    assert pad_grid(x, pad, "zeros")[:, 3:].abs().max() == 0
+
+
+def test_nearest_padding_resamples_the_grid_as_the_reference_does():
+    """'nearest' stretches the whole grid to the padded size (nearest-neighbour interpolation) and shrinks it
+    back afterwards; it adds no tokens at the end."""
+    x = torch.arange(3 * 5 * 7, dtype=torch.float32).view(1, 3, 5, 7, 1)
+    grid = pad_grid(x, (1, 1, 1), "nearest")
+    assert torch.equal(grid[0, :, 0, 0, 0], torch.tensor([0.0, 0.0, 35.0, 70.0]))  # frames 0, 0, 1, 2
+    assert torch.equal(grid[0, 0, 0, :, 0], torch.tensor([0.0, 0, 1, 2, 3, 4, 5, 6]))
+    assert torch.equal(pad_grid(x, (1, 0, 0), "nearest", time_front=True), pad_grid(x, (1, 0, 0), "nearest"))
+    shrunk = unpad_grid(grid, (3, 5, 7), "nearest")
+    assert shrunk.shape == x.shape and set(shrunk.unique().tolist()) <= set(x.unique().tolist())
 
 
 def test_fit_clamps_cuboid_and_drops_shift():
@@ -139,11 +154,11 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("strategy", ["lll", "dld"])
-def test_padded_tokens_get_zero_attention_weight(monkeypatch, strategy):
+def test_ignored_padding_gets_zero_attention_weight(monkeypatch, strategy):
     shape = (3, 5, 4)  # pads T by 1 and H by 1 for a (2, 3, 4) cuboid
     layer = CuboidLayer((2, 3, 4), tuple(strategy), (1, 1, 0) if strategy == "lll" else (0, 0, 0))
     attn = CuboidSelfAttention(8, 2, layer, use_global_vectors=True, use_global_self_attn=True,
-                               separate_global_qkv=True).eval()
+                               separate_global_qkv=True, padding_type="ignore").eval()
     recorder = _Recorder()
     monkeypatch.setattr(attention_module, "attend", recorder)
     out, g = attn(torch.randn(2, *shape, 8), torch.randn(2, 3, 8))
@@ -163,9 +178,29 @@ def test_padded_tokens_get_zero_attention_weight(monkeypatch, strategy):
     assert torch.isfinite(out).all() and torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("strategy", ["lll", "dld"])
+def test_zero_padding_stays_attendable(monkeypatch, strategy):
+    """padding_type='zeros' (the published models): padded tokens are zero vectors that every real query
+    may attend, and the global vectors read them too."""
+    shape, layer = (3, 5, 4), CuboidLayer((2, 3, 4), tuple(strategy))
+    attn = CuboidSelfAttention(8, 2, layer, use_global_vectors=True, separate_global_qkv=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias.zero_()
+    recorder = _Recorder()
+    monkeypatch.setattr(attention_module, "attend", recorder)
+    attn(torch.randn(2, *shape, 8), torch.randn(2, 3, 8))
+    real = token_is_real(shape, fit_cuboid(shape, layer))
+    local, to_globals = recorder.weights
+    n, volume = real.shape
+    local = local.view(2, n, 2, volume, volume + 3)[..., :volume]
+    padded_keys = (~real)[None, :, None, None, :].expand_as(local)
+    assert padded_keys.any() and (local[padded_keys] > 0).all()
+    assert (to_globals[..., : n * volume][..., ~real.reshape(-1)] > 0).all()
+
+
 def test_cross_attention_masks_front_padded_memory(monkeypatch):
     layer = CrossLayer((2, 2), (1, 1), ("l", "l", "l"), n_temporal=2)
-    attn = CuboidCrossAttention(8, 2, layer, max_temporal_relative=10).eval()
+    attn = CuboidCrossAttention(8, 2, layer, max_temporal_relative=10, padding_type="ignore").eval()
     recorder = _Recorder()
     monkeypatch.setattr(attention_module, "attend", recorder)
     out = attn(torch.randn(1, 3, 4, 3, 8), torch.randn(1, 5, 4, 3, 8))  # Tm=5 → 1 front pad; W=3 → 1 pad
@@ -186,28 +221,27 @@ def test_relative_position_index_hand_checked():
     # the same cuboid clamped inside a (3, 1, 3) table: offsets keep their meaning, 5 × 1 × 5 rows
     clamped = relative_position_index((2, 1, 2), (2, 1, 2), (3, 1, 3))
     assert torch.equal(clamped[0], torch.tensor([12, 11, 7, 6])) and clamped[3, 3] == 12
-    # cross attention: 2 query frames after 3 memory frames, table of 5 frames (9 offsets)
-    cross = relative_position_index((2, 1, 1), (3, 1, 1), (5, 1, 1), query_time_offset=3)
-    assert torch.equal(cross, torch.tensor([[7, 6, 5], [8, 7, 6]]))
+    # cross attention: 2 query frames, 3 memory frames, both counted from 0 (t_q − t_k), table of 5 frames
+    cross = relative_position_index((2, 1, 1), (3, 1, 1), (5, 1, 1))
+    assert torch.equal(cross, torch.tensor([[4, 3, 2], [5, 4, 3]]))
     with pytest.raises(ValueError):
         relative_position_index((4, 1, 1), (4, 1, 1), (3, 1, 1))
 
 
-@pytest.mark.parametrize("query, key, table, offset", [
-    ((2, 3, 1), (2, 3, 1), (2, 3, 1), 0),  # full-size cuboid
-    ((1, 2, 3), (1, 2, 3), (4, 4, 4), 0),  # clamped on every axis
-    ((2, 1, 2), (2, 1, 2), (3, 1, 3), 0),  # clamped on the inner axes only (the reference's failure case)
-    ((2, 2, 2), (3, 2, 2), (5, 2, 2), 3),  # cross attention: queries after the memory frames
+@pytest.mark.parametrize("query, key, table", [
+    ((2, 3, 1), (2, 3, 1), (2, 3, 1)),  # full-size cuboid
+    ((1, 2, 3), (1, 2, 3), (4, 4, 4)),  # clamped on every axis
+    ((2, 1, 2), (2, 1, 2), (3, 1, 3)),  # clamped on the inner axes only (the reference's failure case)
+    ((2, 2, 2), (3, 2, 2), (5, 2, 2)),  # cross attention: query and memory cuboids of different lengths
 ])
-def test_relative_position_index_decodes_to_the_true_offset(query, key, table, offset):
+def test_relative_position_index_decodes_to_the_true_offset(query, key, table):
     """Every index row decodes, with the table's strides, to exactly query − key coordinates."""
-    index = relative_position_index(query, key, table, query_time_offset=offset)
+    index = relative_position_index(query, key, table)
     span = [2 * n - 1 for n in table]
     decoded = torch.stack([index // (span[1] * span[2]), index // span[2] % span[1], index % span[2]], -1)
     decoded = decoded - torch.tensor(table) + 1
     grids = [torch.stack(torch.meshgrid(*(torch.arange(n) for n in size), indexing="ij"), -1).reshape(-1, 3)
              for size in (query, key)]
-    grids[0][:, 0] += offset
     assert torch.equal(decoded, grids[0][:, None, :] - grids[1][None, :, :])
     assert 0 <= index.min() and index.max() < span[0] * span[1] * span[2]
 
@@ -246,3 +280,20 @@ def test_named_cross_patterns():
     assert cross_pattern("cross_8x8", (5, 4, 6)) == [CrossLayer((4, 4))]
     with pytest.raises(UserError):
         cross_pattern("cross_2x3", (5, 8, 8))
+
+
+def test_cross_attention_with_several_temporal_cuboids():
+    """n_temporal=3 with 4 query and 5 memory frames: the query is padded to 6 frames (three cuboids of 2),
+    the memory at the front to 6, so query frames 0–1 see only memory frame 0, frames 2–3 see memory 1–2."""
+    torch.manual_seed(0)
+    attn = CuboidCrossAttention(8, 2, CrossLayer((2, 2), n_temporal=3), max_temporal_relative=9,
+                                padding_type="ignore").eval()
+    x, mem = torch.randn(1, 4, 2, 2, 8), torch.randn(1, 5, 2, 2, 8)
+    geo = attn.geometry((4, 2, 2), (5, 2, 2), torch.device("cpu"))
+    assert geo.grid == (6, 2, 2) and geo.layer.size == (2, 2, 2) and geo.mem_layer.size == (2, 2, 2)
+    out = attn(x, mem)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    changed = mem.clone()
+    changed[:, 1:] += 1.0
+    assert torch.allclose(attn(x, changed)[:, :2], out[:, :2])
+    assert not torch.allclose(attn(x, changed)[:, 2:], out[:, 2:])

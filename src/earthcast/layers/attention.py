@@ -2,7 +2,8 @@
 
 Both layers follow the same recipe:
     pre-norm → pad to whole cuboids → cyclic shift → reorder into cuboids → attention inside each cuboid
-    (+ learned relative-position bias, + region/padding mask) → reorder back → unshift → unpad → projection.
+    (+ learned relative-position bias, + shift-region mask, + padding mask for padding_type='ignore')
+    → reorder back → unshift → unpad → projection.
 Attention runs through `F.scaled_dot_product_attention` with the bias and mask folded into one additive float
 mask, so fused CPU/GPU kernels apply. Masked entries are filled with a large finite negative number for the
 compute dtype, so no row (e.g. of a padded query) can turn into NaN under fp16/bf16 autocast.
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.models.earthformer.cuboid import (
+from earthcast.layers.cuboid import (
+    PADDING_TYPES,
     CuboidLayer,
     Size3,
     cross_attention_mask,
@@ -34,9 +36,11 @@ from earthcast.models.earthformer.cuboid import (
     self_attention_mask,
     to_cuboids,
     token_is_real,
+    unpad_grid,
 )
-from earthcast.models.earthformer.dropout import Dropout, dropout
-from earthcast.models.earthformer.patterns import CrossLayer
+from earthcast.layers.dropout import Dropout, dropout
+from earthcast.layers.init import init_linear, zero_linear
+from earthcast.layers.patterns import CrossLayer
 
 
 def mask_fill(dtype: torch.dtype) -> float:
@@ -62,11 +66,25 @@ def attend(q, k, v, mask: torch.Tensor | None, dropout_p: float, scale: float) -
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich, NeurIPS 2019) as the Earthformer reference computes it:
+    x / (‖x‖₂/√d + eps) · scale, with eps added to the RMS rather than inside the square root."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rms = x.norm(2, dim=-1, keepdim=True) * x.shape[-1] ** -0.5
+        return self.scale * (x / (rms + self.eps))
+
+
 def norm_layer(kind: str, dim: int) -> nn.Module:
     if kind == "layer_norm":
         return nn.LayerNorm(dim)
     if kind == "rms_norm":
-        return nn.RMSNorm(dim)
+        return RMSNorm(dim)
     raise ValueError(f"norm_layer must be 'layer_norm' or 'rms_norm', got {kind!r}")
 
 
@@ -88,7 +106,7 @@ class _Geometry(NamedTuple):
     grid: Size3  # padded grid
     rel_index: torch.Tensor | None  # (Vq, Vk) rows of the bias table
     blocked: torch.Tensor | None  # (num_cuboids, 1, Vq, Vk) True where attention is disallowed
-    padding: torch.Tensor | None  # (num_cuboids·V,) True at padded tokens (global-vector update)
+    padding: torch.Tensor | None  # (num_cuboids·V,) True at masked padded tokens (global-vector update)
     mem_layer: CuboidLayer | None = None  # cross attention: the memory's cuboid
     mem_pad: Size3 | None = None
 
@@ -148,15 +166,20 @@ class CuboidSelfAttention(_CuboidAttentionBase):
     def __init__(self, dim: int, num_heads: int, layer: CuboidLayer, *, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, use_relative_pos: bool = True, use_final_proj: bool = True,
                  padding_type: str = "zeros", norm: str = "layer_norm", use_global_vectors: bool = False,
-                 use_global_self_attn: bool = False, separate_global_qkv: bool = False, global_dim_ratio: int = 1):
+                 use_global_self_attn: bool = False, separate_global_qkv: bool = False, global_dim_ratio: int = 1,
+                 zero_init_proj: bool = False):
         super().__init__(dim, num_heads, tuple(layer.size) if use_relative_pos else None, attn_drop)
+        self.zero_init_proj = zero_init_proj
         if global_dim_ratio != 1 and not separate_global_qkv:
             raise ValueError("global_dim_ratio != 1 needs separate_global_qkv")
+        if padding_type not in PADDING_TYPES:
+            raise ValueError(f"padding_type must be one of {', '.join(PADDING_TYPES)}, got {padding_type!r}")
         self.layer, self.padding_type = layer, padding_type
         self.norm = norm_layer(norm, dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        # without the final projection the reference applies no dropout either
         self.proj = nn.Linear(dim, dim) if use_final_proj else nn.Identity()
-        self.proj_drop = Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop) if use_final_proj else nn.Identity()
 
         self.use_global_vectors, self.use_global_self_attn = use_global_vectors, use_global_self_attn
         self.separate_global_qkv = separate_global_qkv
@@ -174,13 +197,24 @@ class CuboidSelfAttention(_CuboidAttentionBase):
             else:  # the globals share one projection, the tokens reuse their own q, k, v
                 self.global_qkv = nn.Linear(dim, 3 * dim, bias=False)
             self.global_proj = nn.Linear(global_dim, global_dim) if use_final_proj else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # the reference initialises every projection but global_proj, which keeps PyTorch's default;
+        # PreDiff's starts the output projection at zero (`zero_init_proj`)
+        for name, layer in self.named_children():
+            if name != "global_proj":
+                init_linear(layer)
+        if self.zero_init_proj:
+            zero_linear(self.proj)
 
     def geometry(self, shape: Size3, device) -> _Geometry:
         def build():
             layer = fit_cuboid(shape, self.layer)
             grid = padded(shape, layer.size)
-            allowed = self_attention_mask(shape, layer)
-            real = token_is_real(shape, layer)
+            masked = self.padding_type == "ignore"
+            allowed = self_attention_mask(shape, layer, mask_padding=masked)
+            real = token_is_real(shape, layer) if masked else None
             rel = relative_position_index(layer.size, layer.size, self.table_size) if self.table_size else None
             return _Geometry(
                 layer, tuple(g - s for g, s in zip(grid, shape)), grid,
@@ -216,7 +250,7 @@ class CuboidSelfAttention(_CuboidAttentionBase):
         out = from_cuboids(out, size, strategy, geo.grid).flatten(-2)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
-        out = out[:, :t, :h, :w]
+        out = unpad_grid(out, (t, h, w), self.padding_type)
         out = self.proj_drop(self.proj(out))
         if new_globals is None:
             return out
@@ -274,8 +308,8 @@ class CuboidCrossAttention(_CuboidAttentionBase):
 
     Both grids are cut into the same K×K spatial cuboids (and n_temporal temporal ones); each query cuboid
     attends to the memory cuboid at the same place. The memory is padded in time at the front, the query at
-    the end. Relative positions count query frames after the memory frames (the forecast follows the
-    context), so the temporal table spans `max_temporal_relative` = T_in + T_out frames."""
+    the end. The temporal bias table spans `max_temporal_relative` = T_in + T_out frames and is indexed by
+    query frame minus memory frame, both counted within their cuboids (the reference's layout)."""
 
     def __init__(self, dim: int, num_heads: int, layer: CrossLayer, max_temporal_relative: int, *,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, use_relative_pos: bool = True,
@@ -285,6 +319,8 @@ class CuboidCrossAttention(_CuboidAttentionBase):
         super().__init__(dim, num_heads, table, attn_drop)
         if global_dim_ratio != 1 and not separate_global_qkv:
             raise ValueError("global_dim_ratio != 1 needs separate_global_qkv")
+        if padding_type not in PADDING_TYPES:
+            raise ValueError(f"padding_type must be one of {', '.join(PADDING_TYPES)}, got {padding_type!r}")
         self.layer, self.padding_type, self.last_n_frames = layer, padding_type, last_n_frames
         self.norm = norm_layer(norm, dim)
         self.q_proj = nn.Linear(dim, dim, bias=False)
@@ -295,6 +331,8 @@ class CuboidCrossAttention(_CuboidAttentionBase):
         if use_global_vectors and separate_global_qkv:
             self.l2g_q = nn.Linear(dim, dim, bias=False)
             self.l2g_global_kv = nn.Linear(global_dim_ratio * dim, 2 * dim, bias=False)
+        for layer in self.children():
+            init_linear(layer)
 
     def geometry(self, x_shape: Size3, mem_shape: Size3, device) -> _Geometry:
         def build():
@@ -306,14 +344,18 @@ class CuboidCrossAttention(_CuboidAttentionBase):
             (bh, bw), (sh, sw) = spatial.size[1:], spatial.shift[1:]
             x_layer = CuboidLayer(((tx + tx_pad) // n_temporal, bh, bw), self.layer.strategy, (0, sh, sw))
             mem_layer = CuboidLayer(((tm + tm_pad) // n_temporal, bh, bw), self.layer.strategy, (0, sh, sw))
-            allowed = cross_attention_mask(x_shape, mem_shape, x_layer, mem_layer, tm_pad)
+            hw_pad = ((-h) % bh, (-w) % bw)
+            # n_temporal cuboids along time: the grids are padded to n_temporal whole cuboids, not to a multiple
+            # of one cuboid's length
+            x_grid = (tx + tx_pad, h + hw_pad[0], w + hw_pad[1])
+            mem_grid = (tm + tm_pad, h + hw_pad[0], w + hw_pad[1])
+            allowed = cross_attention_mask(x_grid, mem_shape, mem_grid, x_layer, mem_layer, tm_pad,
+                                           mask_padding=self.padding_type == "ignore")
             rel = None
             if self.table_size:
-                rel = relative_position_index(x_layer.size, mem_layer.size, self.table_size,
-                                              query_time_offset=mem_layer.size[0]).to(device)
-            hw_pad = ((-h) % bh, (-w) % bw)
+                rel = relative_position_index(x_layer.size, mem_layer.size, self.table_size).to(device)
             return _Geometry(
-                x_layer, (tx_pad, *hw_pad), padded(x_shape, x_layer.size), rel,
+                x_layer, (tx_pad, *hw_pad), x_grid, rel,
                 None if allowed is None else (~allowed).unsqueeze(1).to(device), None,
                 mem_layer, (tm_pad, *hw_pad),
             )
@@ -358,5 +400,5 @@ class CuboidCrossAttention(_CuboidAttentionBase):
         out = from_cuboids(out, geo.layer.size, strategy, geo.grid).flatten(-2)
         if any(shift):
             out = torch.roll(out, shifts=(shift[1], shift[2]), dims=(2, 3))
-        out = out[:, :t, :h, :w]
+        out = unpad_grid(out, (t, h, w), self.padding_type)
         return self.proj_drop(self.proj(out))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from earthcast.errors import UserError
-from earthcast.models.earthformer.cuboid import CuboidLayer, Size3
+from earthcast.layers.cuboid import CuboidLayer, Size3
 
 LOCAL, DILATED = ("l", "l", "l"), ("d", "d", "d")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from earthcast.models.earthformer import attention as attention_module
-from earthcast.models.earthformer.blocks import Upsample, frames, unframes
-from earthcast.models.earthformer.dropout import Dropout, dropout
+from earthcast.layers import attention as attention_module
+from earthcast.layers.blocks import Upsample, frames, unframes
+from earthcast.layers.dropout import Dropout, dropout
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,10 @@ cuboid, all cuboids in parallel (Gao et al., NeurIPS 2022, Sec. 3.1). Per axis t
     'd' (dilated): strided positions   {j, j + L/b, j + 2L/b, …} for j in [0, L/b)
 and an optional cyclic shift (Swin-style) moves block borders; a region mask keeps shifted cuboids from
 mixing tokens that only became neighbours by wrapping around. Axes are padded at the end to a multiple of the
-cuboid; padded tokens are masked out of attention (the reference implementation leaves them attendable).
+cuboid. `padding_type` (the reference implementation's three options) decides what padding is:
+    'ignore'   zero tokens that are masked out of attention;
+    'zeros'    zero tokens that stay attendable (the published configurations);
+    'nearest'  no extra tokens: the grid is resampled (nearest neighbour) to the padded size and back.
 
 Everything here is pure geometry on index grids (no parameters); attention layers cache the results per shape.
 """
@@ -122,19 +125,21 @@ def _cuboid_values(grid_values: torch.Tensor, size: Size3, strategy) -> torch.Te
     return to_cuboids(grid_values[None, ..., None], size, strategy)[0, ..., 0]
 
 
-def self_attention_mask(shape: Size3, layer: CuboidLayer) -> torch.Tensor | None:
-    """(num_cuboids, V, V) bool, True where query v may attend key v' (same shift region, key not padding);
-    None when every token may attend every token of its cuboid (no padding, no shift)."""
+def self_attention_mask(shape: Size3, layer: CuboidLayer, mask_padding: bool = True) -> torch.Tensor | None:
+    """(num_cuboids, V, V) bool, True where query v may attend key v' (same shift region and, with
+    `mask_padding`, key not padding); None when every token may attend every token of its cuboid."""
     size, shift = layer.size, layer.shift
     grid = padded(shape, size)
-    if grid == tuple(shape) and not any(shift):
+    pads = mask_padding and grid != tuple(shape)
+    if not pads and not any(shift):
         return None
-    real = _cuboid_values(_shifted_real_grid(shape, size, shift), size, layer.strategy)
     t, h, w = (_region_labels(n, b, s) for n, b, s in zip(grid, size, shift))
     region = (t[:, None, None] * 9 + h[None, :, None] * 3 + w[None, None, :]).contiguous()
     region = _cuboid_values(region, size, layer.strategy)
-    same_region = region[:, :, None] == region[:, None, :]
-    return same_region & real[:, None, :]
+    allowed = region[:, :, None] == region[:, None, :]
+    if pads:
+        allowed &= _cuboid_values(_shifted_real_grid(shape, size, shift), size, layer.strategy)[:, None, :]
+    return allowed
 
 
 def token_is_real(shape: Size3, layer: CuboidLayer) -> torch.Tensor | None:
@@ -145,15 +150,17 @@ def token_is_real(shape: Size3, layer: CuboidLayer) -> torch.Tensor | None:
 
 
 def cross_attention_mask(
-    x_shape: Size3, mem_shape: Size3, x_layer: CuboidLayer, mem_layer: CuboidLayer, mem_time_pad: int
+    x_grid: Size3, mem_shape: Size3, mem_grid: Size3, x_layer: CuboidLayer, mem_layer: CuboidLayer,
+    mem_time_pad: int, mask_padding: bool = True,
 ) -> torch.Tensor | None:
-    """(num_cuboids, Vx, Vmem) bool for cross attention: same spatial shift region, memory token not padding.
+    """(num_cuboids, Vx, Vmem) bool for cross attention on the padded grids: same spatial shift region and,
+    with `mask_padding`, memory token not padding.
 
     The memory is padded in time at the front (so its last frame stays last), the query at the end; H and W
     are padded at the end and shifted together. Both grids share one spatial decomposition."""
-    x_grid, mem_grid = padded(x_shape, x_layer.size), padded(mem_shape, mem_layer.size)
     shift = mem_layer.shift
-    if mem_grid == tuple(mem_shape) and x_grid[1:] == tuple(x_shape[1:]) and not any(shift):
+    pads = mask_padding and tuple(mem_grid) != tuple(mem_shape)
+    if not pads and not any(shift):
         return None
     mem_real = torch.zeros(mem_grid, dtype=torch.bool)
     mem_real[mem_time_pad : mem_time_pad + mem_shape[0], : mem_shape[1], : mem_shape[2]] = True
@@ -163,8 +170,10 @@ def cross_attention_mask(
     spatial = h[:, None] * 3 + w[None, :]
     x_region = _cuboid_values(spatial.expand(x_grid[0], -1, -1).contiguous(), x_layer.size, x_layer.strategy)
     mem_region = _cuboid_values(spatial.expand(mem_grid[0], -1, -1).contiguous(), mem_layer.size, mem_layer.strategy)
-    mem_real = _cuboid_values(mem_real, mem_layer.size, mem_layer.strategy)
-    return (x_region[:, :, None] == mem_region[:, None, :]) & mem_real[:, None, :]
+    allowed = x_region[:, :, None] == mem_region[:, None, :]
+    if pads:
+        allowed &= _cuboid_values(mem_real, mem_layer.size, mem_layer.strategy)[:, None, :]
+    return allowed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,15 +190,13 @@ def _flat_coords(size: Size3) -> torch.Tensor:
     return torch.stack(grids, dim=-1).reshape(-1, 3)
 
 
-def relative_position_index(
-    query_size: Size3, key_size: Size3, table_size: Size3, query_time_offset: int = 0
-) -> torch.Tensor:
+def relative_position_index(query_size: Size3, key_size: Size3, table_size: Size3) -> torch.Tensor:
     """(Vq, Vk) long: row of the (2·Tt−1)(2·Th−1)(2·Tw−1) bias table for each query/key pair.
 
-    query_time_offset places the query cuboid later in time than the key cuboid (cross attention: the
-    forecast frames follow the memory frames)."""
+    Offsets are query minus key coordinates within their cuboids. In cross attention both cuboids count
+    their frames from 0, so query frame i and memory frame j share a bias with every pair of the same i − j
+    (as in the reference implementation)."""
     query, key = _flat_coords(query_size), _flat_coords(key_size)
-    query[:, 0] += query_time_offset
     offset = query[:, None, :] - key[None, :, :] + torch.tensor(table_size) - 1
     span = [2 * n - 1 for n in table_size]
     if (offset < 0).any() or any((offset[..., i] >= span[i]).any() for i in range(3)):
@@ -197,13 +204,32 @@ def relative_position_index(
     return (offset[..., 0] * span[1] + offset[..., 1]) * span[2] + offset[..., 2]
 
 
+PADDING_TYPES = ("ignore", "zeros", "nearest")
+
+
+def _resample(x: torch.Tensor, size: Size3) -> torch.Tensor:
+    """Nearest-neighbour resampling of (B, T, H, W, C) to (B, *size, C)."""
+    return F.interpolate(x.permute(0, 4, 1, 2, 3), size=tuple(size)).permute(0, 2, 3, 4, 1)
+
+
 def pad_grid(x: torch.Tensor, pad: Size3, mode: str = "zeros", time_front: bool = False) -> torch.Tensor:
-    """Pad (B, T, H, W, C) at the end of T, H, W (or at the front of T); `mode` 'zeros' or 'nearest' (edge)."""
+    """Pad (B, T, H, W, C) by `pad` cells at the end of T, H, W (at the front of T with `time_front`): zeros
+    for 'zeros'/'ignore'; for 'nearest' the whole grid is resampled to the padded size (`time_front` unused),
+    as in the reference implementation."""
     if not any(pad):
         return x
-    t_pad = (pad[0], 0) if time_front else (0, pad[0])
-    widths = (0, 0, 0, pad[2], 0, pad[1], *t_pad)
+    if mode not in PADDING_TYPES:
+        raise ValueError(f"padding_type must be one of {', '.join(PADDING_TYPES)}, got {mode!r}")
     if mode == "nearest":
-        # replicate-pad works on (N, C, D, H, W); channels-last in, channels-last out
-        return F.pad(x.permute(0, 4, 1, 2, 3), widths[2:], mode="replicate").permute(0, 2, 3, 4, 1)
-    return F.pad(x, widths)
+        return _resample(x, tuple(n + p for n, p in zip(x.shape[1:4], pad)))
+    t_pad = (pad[0], 0) if time_front else (0, pad[0])
+    return F.pad(x, (0, 0, 0, pad[2], 0, pad[1], *t_pad))
+
+
+def unpad_grid(x: torch.Tensor, shape: Size3, mode: str = "zeros") -> torch.Tensor:
+    """Inverse of `pad_grid` (end padding): crop to `shape`, or resample back for 'nearest'."""
+    if tuple(x.shape[1:4]) == tuple(shape):
+        return x
+    if mode == "nearest":
+        return _resample(x, shape)
+    return x[:, : shape[0], : shape[1], : shape[2]]
