@@ -9,7 +9,7 @@ import torch
 from earthcast.errors import UserError
 from earthcast.lightning.prediff import PreDiffLDMModule, PreDiffVAEModule
 from tests.conftest import fit_steps, ldm_config, prediff_batch, vae_config
-from tests.models.prediff.test_unet import perturb_output_layer
+from tests.models.prediff.test_denoiser import perturb_output_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

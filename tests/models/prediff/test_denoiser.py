@@ -17,6 +17,13 @@ def unet(**overrides) -> EarthformerUNet:
     return EarthformerUNet(**{"latent_channels": 2, "in_len": 3, "out_len": 2, "latent_hw": 4, **NETWORK, **overrides})
 
 
+def perturb_output_layer(model: torch.nn.Module) -> None:
+    """The output projection starts at zero; random weights there make differences visible."""
+    for name, param in model.named_parameters():
+        if "proj_out" in name:
+            torch.nn.init.normal_(param, std=0.5)
+
+
 def perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Every parameter + 0.05·N(0, 1), as the reference fixtures: the zero-initialised residual branches of
     the published initialisation would otherwise hide how information flows."""
