@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from earthcast.errors import UserError
 from earthcast.models.prediff import build_alignment_net, build_autoencoder, build_denoiser
 from earthcast.models.prediff.convert import convert_prediff, describe, load_prediff_weights
+from tests.conftest import run_config
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "reference_fixtures"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 pytestmark = pytest.mark.skipif(
     not FIXTURES.is_dir(),
     reason=f"reference fixtures not found at {FIXTURES} (they sit beside the checkout in CI, not on user machines)")
@@ -34,7 +33,7 @@ def fixtures() -> dict:
 
 
 def published(name: str, section: str, **width) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"prediff_{name}_sevirlr.yaml"))[section]
+    cfg = run_config([f"experiment=prediff_{name}_sevirlr"])["model"][section]
     return {**cfg, **width}
 
 

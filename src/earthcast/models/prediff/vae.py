@@ -200,14 +200,15 @@ class PatchDiscriminator(nn.Module):
 
 
 def build_autoencoder(cfg: Mapping) -> FrameAutoencoder:
-    return FrameAutoencoder(in_channels=int(cfg.get("in_channels", 1)), channels=list(cfg["channels"]),
-                            blocks_per_level=int(cfg.get("blocks_per_level", 2)),
-                            latent_channels=int(cfg["latent_channels"]), norm_groups=int(cfg.get("norm_groups", 32)),
-                            dropout=float(cfg.get("dropout", 0.0)), mid_attention=bool(cfg.get("mid_attention", True)))
+    """From cfg.model.autoencoder (configs/model/prediff_vae.yaml)."""
+    return FrameAutoencoder(in_channels=int(cfg["in_channels"]), channels=list(cfg["channels"]),
+                            blocks_per_level=int(cfg["blocks_per_level"]), latent_channels=int(cfg["latent_channels"]),
+                            norm_groups=int(cfg["norm_groups"]), dropout=float(cfg["dropout"]),
+                            mid_attention=bool(cfg["mid_attention"]))
 
 
-def build_discriminator(cfg: Mapping | None, in_channels: int = 1) -> PatchDiscriminator | None:
-    if not cfg or not cfg.get("enabled", False):
+def build_discriminator(cfg: Mapping, in_channels: int = 1) -> PatchDiscriminator | None:
+    """From cfg.model.discriminator; None when it is not enabled."""
+    if not cfg["enabled"]:
         return None
-    return PatchDiscriminator(in_channels, int(cfg.get("channels", 64)), int(cfg.get("layers", 3)),
-                              int(cfg.get("norm_groups", 32)))
+    return PatchDiscriminator(in_channels, int(cfg["channels"]), int(cfg["layers"]), int(cfg["norm_groups"]))
