@@ -67,7 +67,8 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
 
     bars = SamplingProgress(sampler)
     sampling = EnsembleSampling(model.eval(), control, sampler, members, plain(cfg.evaluator), int(cfg.seed),
-                                cfg.figure_n_sigma, int(cfg.figure_samples), on_step=bars.step)
+                                cfg.figure_n_sigma, int(cfg.figure_samples), on_step=bars.step,
+                                bootstrap=plain(cfg.bootstrap))
     writer = ForecastWriter.for_run(cfg, str(cfg.ckpt_path), sampler=sampler.describe(),
                                     knowledge=control.settings.mode, n_sigma=control.settings.n_sigma)
     trainer = build_trainer(cfg, fit=False, callbacks=[writer, bars], progress_bar=False, inference_mode=False,

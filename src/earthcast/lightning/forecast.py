@@ -41,7 +41,8 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         self.loss_name = config["loss"]
         self.monitor = config["monitor"]["metric"]
         self.val_evaluator = build_evaluator({**config["evaluator"], "reference": False})
-        self.test_evaluator = build_evaluator(config["evaluator"])
+        # a checkpoint's stored config may have no bootstrap block: its test scores then go without intervals
+        self.test_evaluator = build_evaluator(config["evaluator"], bootstrap=config.get("bootstrap"))
 
     def forecast(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model(batch["inputs"])

@@ -31,7 +31,8 @@ DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
 }
 GRID_DIMS = (("y", "x"), ("lat", "lon"))
 NAN_POLICIES = ("fail", "exclude")
-META_VARIABLES = ("event_type", "init_month", "target_mean_intensity")
+META_VARIABLES = ("event_type", "init_month", "target_mean_intensity", "event_id", "seq_start", "time_utc", "model")
+STRING_META = ("event_type", "event_id", "time_utc", "model")
 
 
 @dataclass
@@ -49,6 +50,19 @@ def evaluate_stored(
     nan_policy: str = "fail",
 ) -> tuple[dict[str, float | int | None], pd.DataFrame, pd.DataFrame]:
     """Score the stored forecast at `path`; returns (metrics, by-lead table, by-group table)."""
+    results = score_stored_file(path, evaluator_cfg, chunk_size, nan_policy)
+    return results["scores"], results["by_lead"], results["by_group"]
+
+
+def score_stored_file(
+    path: str | Path,
+    evaluator_cfg: Any = None,
+    chunk_size: int = 16,
+    nan_policy: str = "fail",
+    bootstrap: Any = None,
+) -> dict[str, Any]:
+    """Score the stored forecast at `path`: the evaluator's results (scores, by_lead, by_group, replicates,
+    protocol facts) plus `file` (its dataset, split and model attributes)."""
     path = Path(path)
     if nan_policy not in NAN_POLICIES:
         raise UserError(f"nan_policy is {nan_policy!r}; use 'fail' or 'exclude'")
@@ -62,7 +76,9 @@ def evaluate_stored(
         raise UserError(f"cannot read {path} as netCDF ({type(err).__name__}: {err}); is it a netCDF file?") from err
     with dataset:
         layout = _check_layout(dataset, path)
-        evaluator = build_evaluator(_evaluator_config(dataset, path, evaluator_cfg))
+        evaluator = build_evaluator(_evaluator_config(dataset, path, evaluator_cfg), bootstrap=bootstrap)
+        about = {key: str(dataset.attrs[key]) for key in ("dataset", "split", "model", "source")
+                 if key in dataset.attrs}
         static_meta: dict[str, Any] = {}
         if isinstance(evaluator, EnsoEvaluator):
             if layout.grid != ("lat", "lon"):
@@ -75,10 +91,11 @@ def evaluate_stored(
         excluded = _stream(dataset, layout, evaluator, static_meta, chunk_size, nan_policy, path)
     if not evaluator.update_called:
         raise UserError(f"{path}: no samples left to score — all {layout.n_samples} contain NaN/inf values")
-    metrics = dict(evaluator.compute())
+    results = evaluator.results()
     if nan_policy == "exclude":
-        metrics["n_samples_excluded"] = excluded
-    return metrics, evaluator.compute_by_lead(), evaluator.compute_by_group()
+        results["scores"]["n_samples_excluded"] = excluded
+    results["file"] = about
+    return results
 
 
 def _check_layout(dataset: xr.Dataset, path: Path) -> _Layout:
@@ -184,9 +201,13 @@ def _stream(
 
 def _chunk_meta(dataset: xr.Dataset, window: slice, keep: np.ndarray, path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {}
-    if "event_type" in dataset.variables:
-        values = dataset["event_type"].isel(sample=window).values[keep]
-        meta["event_type"] = [value.decode() if isinstance(value, bytes) else value for value in values.tolist()]
+    for name in STRING_META:
+        if name in dataset.variables and dataset[name].dims == ("sample",):
+            values = dataset[name].isel(sample=window).values[keep]
+            meta[name] = [value.decode() if isinstance(value, bytes) else value for value in values.tolist()]
+    if "seq_start" in dataset.variables:
+        meta["seq_start"] = torch.as_tensor(np.asarray(dataset["seq_start"].isel(sample=window).values[keep],
+                                                       dtype=np.int64))
     if "init_month" in dataset.variables:
         months = np.asarray(dataset["init_month"].isel(sample=window).values[keep], dtype=np.float64)
         if not np.all(np.isin(months, np.arange(1, 13))):

@@ -42,7 +42,7 @@ class PreDiffLDMModule(ForecastTestStep, LatentDiffusionModule):
         self.ema = self.config["model"]["ema"]
         self.freeze()
         self._ema_step = -1
-        self.test_evaluator = build_evaluator(self.config["evaluator"])
+        self.test_evaluator = build_evaluator(self.config["evaluator"], bootstrap=self.config.get("bootstrap"))
 
     @property
     def sampling_denoiser(self) -> nn.Module:

@@ -29,7 +29,7 @@ class PreDiffVAEModule(ForecastTestStep, EarthcastModule):
         # latents × latent_scale have unit variance; measured on the validation split after every epoch
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("latent_moments", torch.zeros(3, dtype=torch.float64), persistent=False)
-        self.test_evaluator = build_evaluator(self.config["evaluator"])
+        self.test_evaluator = build_evaluator(self.config["evaluator"], bootstrap=self.config.get("bootstrap"))
 
     @staticmethod
     def _all_frames(batch: dict) -> torch.Tensor:
