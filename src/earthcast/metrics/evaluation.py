@@ -163,6 +163,9 @@ def _replicate_difference(ours: Evaluation, table: str, key: str, theirs: Evalua
         if any(row not in their_rows for row in mine_rows):
             return None
         other = other[:, [their_rows.index(row) for row in mine_rows]]
+    if np.float32 in (mine.dtype, other.dtype):
+        # replicates.nc stores float32: round both sides alike so that identical forecasts differ by exactly 0
+        return mine.astype(np.float32).astype(np.float64) - other.astype(np.float32).astype(np.float64)
     return mine - other
 
 
