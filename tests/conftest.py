@@ -95,6 +95,15 @@ def trained_run(workdir, data_root) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def full_eval(trained_run, workdir) -> Path:
+    """The trained checkpoint scored on the whole test split (5 events), every forecast stored."""
+    out = workdir / "runs" / "eval_full"
+    earthcast("eval", f"ckpt_path={trained_run}/checkpoints/best.ckpt", "trainer.limit_test_batches=null",
+              "outputs.max_prediction_samples=null", f"hydra.run.dir={out}", cwd=workdir)
+    return out
+
+
 # -- PreDiff at toy size: 8×8 frames, 3 → 2 frames, 4×4×2 latents, 100 diffusion steps ----------------------
 # Each builder returns the plain run config a module is built from (the shipped presets with tiny sizes), with
 # its parents' part inline, as a trained checkpoint stores it.

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
     if cfg.predictions:
         return score_stored(cfg, run_dir, bootstrap)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    compared = compared_evaluations(cfg, plain(cfg.evaluator), bootstrap)
+    compared = compared_evaluations(cfg, plain(cfg.evaluator), bootstrap, ours=str(cfg.model.name))
     datamodule = build_datamodule(cfg.dataset, split=str(cfg.split))
     module = trained_module(cfg, checkpoint, datamodule)
     source = str(cfg.ckpt_path or cfg.model.name)
@@ -64,11 +64,11 @@ def score_stored(cfg: DictConfig, run_dir: Path, bootstrap: BootstrapSettings) -
     explicit = HydraConfig.initialized() and any(
         o.lstrip("+").startswith("evaluator") for o in HydraConfig.get().overrides.task)
     evaluator_cfg = cfg.evaluator if explicit else None
-    compared = compared_evaluations(cfg, evaluator_cfg, bootstrap)
     path = Path(str(cfg.predictions))
     results = score_stored_file(path, evaluator_cfg=evaluator_cfg, chunk_size=int(cfg.chunk_size),
                                 nan_policy=str(cfg.nan_policy), bootstrap=bootstrap)
     record = stored_record(path, results["file"], str(cfg.nan_policy))
+    compared = compared_evaluations(cfg, evaluator_cfg, bootstrap, ours=record["model"]["name"])
     out = write_evaluation(run_dir, results, split=results["file"].get("split", "stored"), predictions=None,
                            plot_samples=cfg.outputs.plot_samples, report=cfg.outputs.report,
                            frame_minutes=cfg.dataset.frame_minutes,
@@ -96,9 +96,10 @@ def compared_paths(value: Any) -> list[Path]:
     return [Path(str(item)) for item in values]
 
 
-def compared_evaluations(cfg: DictConfig, evaluator_cfg: Any, bootstrap: BootstrapSettings) -> list[Evaluation]:
+def compared_evaluations(cfg: DictConfig, evaluator_cfg: Any, bootstrap: BootstrapSettings,
+                         ours: str) -> list[Evaluation]:
     """`compare=`: each run directory as it was scored, each forecast file scored here with our evaluator
-    settings and bootstrap (so that its replicates pair with ours)."""
+    settings and bootstrap (so that its replicates pair with ours). `ours`: our model's name."""
     evaluations = []
     for path in compared_paths(cfg.compare):
         if path.is_dir():
@@ -116,7 +117,7 @@ def compared_evaluations(cfg: DictConfig, evaluator_cfg: Any, bootstrap: Bootstr
         else:
             raise UserError(f"compare={path}: no such run directory or forecast file; give an eval/train run "
                             "directory or a predictions .nc file")
-    return _unique_labels(evaluations, compared_paths(cfg.compare), ours=str(cfg.model.name))
+    return _unique_labels(evaluations, compared_paths(cfg.compare), ours=ours)
 
 
 def _unique_labels(evaluations: list[Evaluation], paths: list[Path], ours: str) -> list[Evaluation]:

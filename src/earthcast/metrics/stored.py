@@ -77,7 +77,7 @@ def score_stored_file(
     with dataset:
         layout = _check_layout(dataset, path)
         evaluator = build_evaluator(_evaluator_config(dataset, path, evaluator_cfg), bootstrap=bootstrap)
-        about = {key: str(dataset.attrs[key]) for key in ("dataset", "split", "model", "source")
+        about = {key: str(dataset.attrs[key]) for key in ("dataset", "split", "synthetic", "model", "source")
                  if key in dataset.attrs}
         static_meta: dict[str, Any] = {}
         if isinstance(evaluator, EnsoEvaluator):
