@@ -211,14 +211,12 @@ def percentile_interval(replicates: np.ndarray, level: float) -> tuple[np.ndarra
     defined = np.isfinite(replicates)
     tail = (1.0 - level) / 2.0
     enough = defined.mean(axis=0) >= MIN_DEFINED_SHARE
-    with np.errstate(all="ignore"):
-        masked = np.where(defined, replicates, np.nan)
-        if not enough.any():
-            empty = np.full(replicates.shape[1:], np.nan)
-            return empty, empty.copy()
-        low = np.nanquantile(masked, tail, axis=0)
-        high = np.nanquantile(masked, 1.0 - tail, axis=0)
-    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
+    low, high = np.full(replicates.shape[1:], np.nan), np.full(replicates.shape[1:], np.nan)
+    if enough.any():
+        kept = np.where(defined, replicates, np.nan)[:, enough]
+        low[enough] = np.nanquantile(kept, tail, axis=0)
+        high[enough] = np.nanquantile(kept, 1.0 - tail, axis=0)
+    return low, high
 
 
 def interval_of(replicates: np.ndarray | None, level: float) -> list[float | None] | None:

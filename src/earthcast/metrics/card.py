@@ -273,7 +273,7 @@ def _intensity_statements(evaluation: Evaluation, frame: pd.DataFrame) -> list[s
     unit = " min" if lead == "lead_minutes" else ""
     found = []
     labels = [c[5:] for c in frame.columns if c.startswith("bias_") and c[5:].replace(".", "").isdigit()]
-    for label in sorted(labels, key=float, reverse=True):
+    for label in sorted(labels, key=float):
         bias = frame[f"bias_{label}"]
         for low, verb in ((True, "Loses intensity at"), (False, "Inflates intensity at")):
             off = bias.lt(BIAS_LOW) if low else bias.gt(BIAS_HIGH)
@@ -287,7 +287,7 @@ def _intensity_statements(evaluation: Evaluation, frame: pd.DataFrame) -> list[s
             found.append(f"{verb} ≥ {label} {where}: frequency bias {bias.iloc[start]:.2f} at "
                          f"{_number(frame[lead].iloc[start])}{unit}, {bias.iloc[last]:.2f} at "
                          f"{_number(frame[lead].iloc[last])}{unit}.")
-            return found  # the highest threshold affected says the most
+            return found  # the lowest threshold affected says the most: the higher ones usually follow
     return found
 
 
