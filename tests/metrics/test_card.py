@@ -133,3 +133,46 @@ def test_published_tables_hold_the_papers_numbers():
     for table in tables.values():
         for values in table["models"].values():
             assert all(isinstance(v, float) and np.isfinite(v) for v in values.values())
+
+
+def test_card_of_an_ensemble_shows_its_calibration():
+    """Members spread twice as wide as their error: over-dispersive, spread/skill well above 1."""
+    g = torch.Generator().manual_seed(0)
+    n, members = 10, 4
+    target = torch.rand(n, 2, 6, 6, generator=g) * 200
+    ensemble = target.unsqueeze(1) + torch.randn(n, members, 2, 6, 6, generator=g) * 30
+    ensemble = ensemble - ensemble.mean(dim=1, keepdim=True) + target.unsqueeze(1) + 5  # the mean errs by 5
+    evaluator = SevirEvaluator(thresholds=[16, 74], pool_sizes=[], fss_thresholds=[], fss_scales=[],
+                               frame_minutes=5, reference=False, bootstrap=BOOT)
+    evaluator.update(ensemble, target, meta={"event_id": [f"E{i}" for i in range(n)], "seq_start": torch.zeros(n)})
+    results = evaluator.results()
+    evaluation = Evaluation("ensemble", results["scores"], results["by_lead"], results["by_group"],
+                            results["replicates"])
+    text = "\n".join(card_lines(evaluation, {}))
+    assert "## Ensemble calibration" in text and "rank_histogram.png" in text
+    low, high = evaluation.interval("spread_skill")
+    assert 1.2 < low <= evaluation.scores["spread_skill"] <= high
+    assert any(s.startswith("The ensemble is over-dispersive") for s in limitations(evaluation, worst_rows(evaluation), None))
+
+
+def test_card_of_an_enso_forecast_goes_by_initialisation_month():
+    from earthcast.metrics import EnsoEvaluator
+
+    g = torch.Generator().manual_seed(1)
+    n = 36
+    target = torch.randn(n, 14, 3, 5, generator=g)
+    context = torch.randn(n, 2, 3, 5, generator=g)
+    meta = {"lat": torch.tensor([-5.0, 0.0, 5.0]), "lon": torch.tensor([190.0, 200, 210, 220, 240]),
+            "model": ["CMIP5_1"] * n, "seq_start": torch.arange(n) * 12, "init_month": torch.arange(n) % 12 + 1}
+    evaluator = EnsoEvaluator(bootstrap=BOOT, max_leads=16)
+    evaluator.update(target * 0.5 + 0.5 * torch.randn(target.shape, generator=g), target, context=context, meta=meta)
+    results = evaluator.results()
+    protocol = run_protocol(results["protocol"], dataset="enso", split="test", nan_policy="fail")
+    evaluation = Evaluation("enso", results["scores"], results["by_lead"], results["by_group"],
+                            results["replicates"], protocol)
+    text = "\n".join(card_lines(evaluation, {}))
+    assert "## By initialisation month" in text and "Δ vs climatology" in text and "nino34_corr_m" in text
+    comparison = published_comparison("earthformer_enso", evaluation)
+    assert {row["score"] for row in comparison["rows"]} == {"nino34_corr_m", "nino34_corr_wm", "mse"}
+    assert not any(d.startswith(("running_mean_months", "lat_range", "lon_range", "lead_frames"))
+                   for d in comparison["protocol_differences"])

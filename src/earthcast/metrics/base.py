@@ -174,7 +174,7 @@ class ForecastEvaluator(Metric):
         groups = groups.to(increment.device)
         for column in (groups.unsqueeze(1) if groups.ndim == 1 else groups).unbind(dim=1):
             kept = column >= 0
-            state += grouped_weighted_sum(weights[:, kept.cpu()], increment[kept], column[kept],
+            state += grouped_weighted_sum(weights[:, kept.to(weights.device)], increment[kept], column[kept],
                                           state.shape[1]).to(state.device)
 
     def _claim_leads(self, n_leads: int) -> None:
@@ -299,9 +299,10 @@ class ForecastEvaluator(Metric):
         tables["group"].update(self._probabilistic_scores(self.replicate_probabilistic_group[:, present]))
         # too few units for an interval: the whole run (every table) or single groups
         few = self.units_by_group()[present] < MIN_UNITS
+        too_few_overall = self.units_total() < MIN_UNITS
         for by, columns in tables.items():
             for key, value in columns.items():
-                if self.units_total() < MIN_UNITS:
+                if too_few_overall:
                     columns[key] = torch.full_like(value, float("nan"))
                 elif by == "group":
                     columns[key] = value.masked_fill(few.to(value.device).unsqueeze(0), float("nan"))

@@ -126,7 +126,7 @@ def grouped_weighted_sum(weights: torch.Tensor, increments: torch.Tensor, groups
                       device=increments.device)
     for group in groups.unique().tolist():
         chosen = (groups == group).to(increments.device)
-        out[:, group] = weighted_sum(weights[:, chosen.cpu()], increments[chosen])
+        out[:, group] = weighted_sum(weights[:, chosen.to(weights.device)], increments[chosen])
     return out
 
 

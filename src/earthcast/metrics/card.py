@@ -54,7 +54,8 @@ def write_card(run_dir: str | Path, evaluation: Evaluation, record: Mapping[str,
 def card_lines(evaluation: Evaluation, record: Mapping[str, Any], compared: Sequence[Evaluation] = (),
                published: Mapping[str, Any] | None = None) -> list[str]:
     protocol = evaluation.protocol or {}
-    data = f"the {protocol.get('split', '?')} split of {protocol.get('dataset', record.get('dataset', '?'))}"
+    split = protocol.get("split", record.get("split", "?"))
+    data = f"the {split} split of {protocol.get('dataset', record.get('dataset', '?'))}"
     lines = [f"# Forecast card: {evaluation.label}", "",
              f"Scored by earthcast {__version__} on {data}"
              + (" (a synthetic twin)" if protocol.get("synthetic") else "") + ". Numbers: [metrics.json](metrics.json),"

@@ -60,7 +60,7 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
     recipe, data); `compared` are other evaluations to put beside this one (`compare=`), `published` a table
     of published.yaml. Returns what metrics.json holds."""
     run_dir = Path(run_dir)
-    record = dict(record or {})
+    record = {"split": split, **(record or {})}
     evaluation = _evaluation(results, split, record, about)
     if evaluation.replicates is not None:
         for table in ("by_lead", "by_group"):
