@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from earthcast.diffusion import KnowledgeControl, build_sampler
+from earthcast.errors import UserError
 from earthcast.lightning.checkpoint import Checkpoint
 from earthcast.lightning.ema import frozen_copy, update_average
 from earthcast.lightning.module import MODULES, ForecastTestStep
@@ -42,6 +43,9 @@ class PreDiffLDMModule(ForecastTestStep, LatentDiffusionModule):
     @classmethod
     def adopt(cls, config: dict, parent: Checkpoint) -> dict[str, dict]:
         model, state = config["model"], parent.state_dict
+        if model["unit_variance_latents"] and parent.converted_from:
+            raise UserError(f"model.vae_ckpt={parent.path} holds released VAE weights without a measured latent "
+                            f"scale; train with model.unit_variance_latents=false (published)")
         model["vae"] = parent.config["model"]["autoencoder"]
         # published: the latents as the VAE gives them; ours: scaled to unit variance by the VAE stage's measure
         model["latent_scale"] = float(state["latent_scale"]) if model["unit_variance_latents"] else 1.0
