@@ -27,6 +27,19 @@ from earthcast.registry import Registry
 EVALUATORS = Registry("evaluator")
 
 CRPS_ESTIMATORS = ("fair", "plain")
+#: score names earlier versions wrote (metrics.json, CSV tables) → today's: `bias` means the mean error in most
+#: verification tools, so the categorical score is `frequency_bias`; `spread_skill` is a ratio
+RENAMED_SCORES = {"spread_skill": "spread_skill_ratio", "bias_": "frequency_bias_"}
+
+
+def current_score_name(key: str) -> str:
+    """A score name as stored by any version (prefixes such as persistence/ kept) → today's name."""
+    prefix, _, name = key.rpartition("/")
+    for old, new in RENAMED_SCORES.items():
+        if name == old or (old.endswith("_") and name.startswith(old)):
+            name = new + name[len(old):]
+            break
+    return f"{prefix}/{name}" if prefix else name
 
 
 def build_evaluator(cfg: Any) -> ForecastEvaluator:
@@ -257,7 +270,7 @@ class ForecastEvaluator(Metric):
             # Fortin et al. (2014, J. Hydrometeor. 15:1708): for a calibrated M-member ensemble
             # E[(mean - obs)^2] = (M+1)/M · E[unbiased member variance]; the factor is applied per pixel
             # in the variance sum, so a calibrated ensemble scores 1.
-            out["spread_skill"] = torch.sqrt(scores.safe_divide(sums[..., 2], sums[..., 3]))
+            out["spread_skill_ratio"] = torch.sqrt(scores.safe_divide(sums[..., 2], sums[..., 3]))
         return out
 
     def _rank_histogram(self) -> dict[str, torch.Tensor]:

@@ -29,12 +29,12 @@ REFERENCE_PREFIXES = ("persistence/", "climatology/")
 #: lower is better: skill is 1 − model/reference (the MSE-skill-score form); for the rest model − reference
 ERROR_METRICS = {"mse", "mae", "crps", "nino34_rmse", "mean_intensity_error"}
 #: neither direction is better, or a count: no skill column
-NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|bias_.*|spread_skill)$")
+NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|frequency_bias_.*|spread_skill_ratio|mean_error)$")
 #: left out of the summary table because a plot or the by-lead table shows them
 DETAIL_METRICS = re.compile(r"^(rank_hist_\d+|nino34_corr_lead\d+)$")
 #: columns of the by-lead / by-group tables that the report shows (prefixed reference versions included)
 HEADLINE_COLUMNS = re.compile(
-    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|crps|spread_skill|"
+    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|rmse|crps|spread_skill_ratio|"
     r"nino34_corr|nino34_corr_m|nino34_corr_wm|nino34_rmse)$"
 )
 THRESHOLD_CSI = re.compile(r"^csi_(\d+(?:\.\d+)?)$")
