@@ -43,16 +43,16 @@ def current_score_name(key: str) -> str:
 
 
 def build_evaluator(cfg: Any) -> ForecastEvaluator:
-    """Build an evaluator from `cfg` (dict or DictConfig): `name` picks the class, other keys are its options."""
+    """Build an evaluator from `cfg` (dict or DictConfig): `name` (or `_target_`, a class of the user's) picks
+    the class, other keys are its options."""
     options = plain(cfg)
-    name = options.pop("name", None)
-    if not name:
-        known = ", ".join(EVALUATORS.names())
-        raise UserError(f"evaluator config has no 'name'; set evaluator.name to one of: {known}")
-    factory = EVALUATORS.get(str(name))
+    factory = EVALUATORS.build_from(options)
+    name = options.pop("_target_", None) or options.get("name")
+    options.pop("name", None)
     accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise UserError(
             f"evaluator.{unknown[0]} is not an option of evaluator {name!r}; "
             f"remove it or use one of: {', '.join(sorted(accepted))}"
