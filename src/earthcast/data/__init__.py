@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from earthcast.config import plain
-from earthcast.data import enso, sevir  # noqa: F401 - register readers, twins and checkers
+from earthcast.data import enso, gridded, sevir  # noqa: F401 - register readers, twins and checkers
 from earthcast.data.base import CHECKERS, DATASETS, SYNTHESIZERS, ForecastDataModule
 from earthcast.errors import UserError
 

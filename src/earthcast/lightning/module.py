@@ -65,7 +65,10 @@ class ForecastTestStep:
 
     def _physical(self, batch: dict, batch_idx: int) -> dict:
         units = self.units
-        return {"prediction": units(self.forecast(batch, batch_idx)), "target": units(batch["targets"]),
+        target = units(batch["targets"])
+        if batch.get("mask") is not None:  # points left out (dataset=gridded: NaN, land) are missing values
+            target = torch.where(batch["mask"], target, torch.nan)
+        return {"prediction": units(self.forecast(batch, batch_idx)), "target": target,
                 "context": units(batch["inputs"]), "meta": metadata(batch)}
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:

@@ -182,11 +182,19 @@ class ForecastEvaluator(Metric):
         target: torch.Tensor,
         groups: torch.Tensor,
         scale: float,
+        valid: torch.Tensor | None = None,
     ) -> None:
         """CRPS (a deterministic forecast's CRPS is its MAE), spread, skill and ranks of fields in physical
-        units; sums are divided by `scale` (`scale`² for squares) so the scores are on the normalised scale."""
+        units; sums are divided by `scale` (`scale`² for squares) so the scores are on the normalised scale.
+        `valid` (B×T×H×W booleans) leaves the other points out of every sum and count."""
         n_leads = target.shape[1]
-        pixels = target.shape[-2] * target.shape[-1]
+        if valid is not None:
+            target = torch.where(valid, target, 0.0)
+            deterministic = torch.where(valid, deterministic, 0.0)
+            members = None if members is None else torch.where(valid.unsqueeze(1), members, 0.0)
+            pixels = valid.sum(dim=(-2, -1)).to(torch.float64)
+        else:
+            pixels = target.shape[-2] * target.shape[-1]
         increment = torch.zeros(target.shape[0], n_leads, 4, dtype=torch.float64, device=target.device)
         if members is None:
             increment[..., 0] = scores.spatial_sum((deterministic - target).abs()) / scale
@@ -203,6 +211,8 @@ class ForecastEvaluator(Metric):
             increment[..., 0] = scores.crps_sums(members, target, fair=self.crps_estimator == "fair") / scale
             increment[..., 2] = scores.corrected_variance_sums(members) / scale**2
             increment[..., 3] = scores.spatial_sum((deterministic - target) ** 2) / scale**2
+            if valid is not None:  # ranks of the valid points alone: members (1, M, N), observations (1, N)
+                members, target = members.movedim(1, -1)[valid].T.unsqueeze(0), target[valid].unsqueeze(0)
             ranks = scores.rank_histogram_counts(members, target)
             self.rank_counts[: n_members + 1] += ranks.to(self.rank_counts.device)
         increment[..., 1] = pixels

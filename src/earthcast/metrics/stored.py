@@ -28,6 +28,7 @@ DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
     "sevir": {"name": "sevir", "frame_minutes": 5},
     "sevirlr": {"name": "sevir", "frame_minutes": 10},
     "enso": {"name": "enso"},
+    "gridded": {"name": "gridded"},
 }
 GRID_DIMS = (("y", "x"), ("lat", "lon"))
 NAN_POLICIES = ("fail", "exclude")
