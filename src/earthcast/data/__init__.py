@@ -50,9 +50,9 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
     """Generate a missing synthetic twin on first use. Only global rank 0 writes (atomically, by rename);
     other ranks wait for the root to appear, so simultaneous SLURM tasks never race."""
     cfg = plain(cfg_dataset)
-    root = Path(cfg["root"])
-    if root.exists() or not cfg.get("synth"):
+    if not cfg.get("synth") or Path(cfg["root"]).exists():
         return
+    root = Path(cfg["root"])
     if _global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
         synthesize(cfg)

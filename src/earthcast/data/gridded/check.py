@@ -36,7 +36,7 @@ def check_gridded(cfg_dataset) -> dict:
                      f"(now {cfg['height']}×{cfg['width']})")
     found = module.gaps()
     for before, after in found[:LISTED_GAPS]:
-        notes.append(f"gap: {before} → {after} ({after - before} instead of {module.step})")
+        notes.append(f"gap: {before} → {after} ({duration(after - before)} instead of {duration(module.step)})")
     if len(found) > LISTED_GAPS:
         notes.append(f"… and {len(found) - LISTED_GAPS} more gaps")
     if found and not cfg["allow_gaps"]:

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from earthcast.data.base import DATASETS, SPLITS, ForecastDataModule, ForecastLayout, PhysicalUnits
-from earthcast.data.gridded.store import GriddedStore, gaps, time_step
+from earthcast.data.gridded.store import GriddedStore, duration, gaps, time_step
 from earthcast.errors import UserError
 
 
@@ -136,7 +136,7 @@ class GriddedDataModule(ForecastDataModule):
         if found and not self.cfg["allow_gaps"]:
             before, after = found[0]
             raise UserError(f"{self.cfg['path']}: the time axis has {len(found)} gap(s), the first between "
-                            f"{before} and {after} (step {self.step}); fill them, or set dataset.allow_gaps=true "
+                            f"{before} and {after} (step {duration(self.step)}); fill them, or set dataset.allow_gaps=true "
                             f"to skip windows that cross one (earthcast data check lists them)")
         if len(times) < length:
             return np.zeros(0, dtype=np.int64)
