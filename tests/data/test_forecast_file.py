@@ -31,7 +31,7 @@ def test_rank_parts_join_in_dataset_order(tmp_path):
         assert np.array_equal(nc["target"][:, 0, 0, 0], np.arange(7) + 0.5)
         assert list(nc["event_id"][:]) == [f"E{i}" for i in range(7)]
         assert nc["prediction"].filters()["zlib"] and nc["prediction"].chunking() == [1, 3, 4, 5]
-        assert nc["prediction"].units == "VIL (0-255)" and nc.dataset == "sevir" and nc.model == "unet"
+        assert nc["prediction"].units == "1" and nc.dataset == "sevir" and nc.model == "unet"
         assert nc.dimensions["sample"].isunlimited()
 
 

@@ -167,7 +167,7 @@ def test_file_errors(tmp_path):
     "change, message",
     [
         (lambda ds: ds.drop_vars("target"), "no variable 'target'"),
-        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, lead_time, y, x\\)"),
+        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, \\[member,\\] lead_time, <y>, <x>\\)"),
         (lambda ds: ds.assign(prediction=ds["prediction"].rename({"y": "row"})), "prediction must have"),
         (lambda ds: ds.assign(context=ds["context"].isel(y=0)), "'context' has dims"),
         (lambda ds: ds.assign(event_type=ds["context"]), "'event_type' has dims"),
