@@ -23,7 +23,9 @@ def test_unet_trains_and_tests_on_the_store(gridded_run):
     metrics = json.loads((gridded_run / "metrics.json").read_text())
     assert metrics["n_samples"] == 8 and np.isfinite([metrics["mse"], metrics["persistence/mse"]]).all()
     ckpt = torch.load(gridded_run / "checkpoints" / "best.ckpt", weights_only=True)
-    assert set(ckpt["GriddedDataModule"]) == {"mean", "std"}  # normalisation fitted on train, kept for later
+    # normalisation fitted on train and the frame interval, kept for eval and predict
+    assert set(ckpt["GriddedDataModule"]) == {"mean", "std", "step_minutes"}
+    assert ckpt["GriddedDataModule"]["step_minutes"] == 360
     with xr.open_dataset(gridded_run / "predictions.nc") as ds:
         land = np.isnan(ds["target"].values[0, 0])
         assert 0 < land.mean() < 0.5  # the masked continent is missing in the stored observations

@@ -103,7 +103,8 @@ def _from_store(spec: dict[str, Any], predictions: xr.Dataset, grid, path: Path,
         raise UserError(f"{path} has no valid_time, so its forecasts cannot be matched to the observations in "
                         f"{source} by time; write it with earthcast predict (inputs with times), or give "
                         f"observations in the stored-forecast schema (a 'target' per sample)")
-    store = GriddedStore(source, str(variable), str(spec.get("time_dim") or "time"), list(grid))
+    store = GriddedStore(source, str(variable), str(spec.get("time_dim") or "time"), list(grid),
+                         variable_key="observations_variable")
     expected = tuple(predictions.sizes[dim] for dim in grid)
     if store.shape != expected:
         raise UserError(f"observations={source}: {variable} is {store.shape[0]}×{store.shape[1]} on {list(grid)} but "

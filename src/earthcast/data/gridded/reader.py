@@ -104,6 +104,7 @@ class GriddedDataModule(ForecastDataModule):
         if norm.get("mean") is not None or norm.get("std") is not None:
             self._norm = self._checked_norm({"mean": norm.get("mean"), "std": norm.get("std")})
         self._store: GriddedStore | None = None
+        self.trained_step: pd.Timedelta | None = None  # from a checkpoint: the interval forecasts assume
         self._windows: dict[str, GriddedWindows] = {}
 
     # -- the store ----------------------------------------------------------------------------------------
@@ -198,11 +199,15 @@ class GriddedDataModule(ForecastDataModule):
         return {"mean": float(mean), "std": float(std)}
 
     def state_dict(self) -> dict[str, float]:
-        return self.norm_stats
+        """The normalisation and the frame interval (in minutes) the model was trained on."""
+        self.store  # noqa: B018 - the frame interval
+        return {**self.norm_stats, "step_minutes": self.step / pd.Timedelta(minutes=1)}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         if "mean" in state_dict and "std" in state_dict:
             self._norm = self._checked_norm(dict(state_dict))
+        if state_dict.get("step_minutes"):
+            self.trained_step = pd.Timedelta(minutes=float(state_dict["step_minutes"]))
 
     @property
     def units(self) -> PhysicalUnits:

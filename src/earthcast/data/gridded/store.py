@@ -97,13 +97,15 @@ class GriddedStore:
     coordinate values, inclusive)."""
 
     def __init__(self, path: str | os.PathLike, variable: str, time_dim: str, dims: list[str],
-                 select: dict | None = None, chunk_frames: int = 16, cache_chunks: int = 8):
+                 select: dict | None = None, chunk_frames: int = 16, cache_chunks: int = 8,
+                 variable_key: str = "dataset.variable"):
         if len(dims) != 2:
             raise UserError(f"dataset.dims={list(dims)} must name the two spatial dims (y, x), e.g. [lat, lon]")
         if chunk_frames < 1 or cache_chunks < 1:
             raise UserError("dataset.chunk_frames and dataset.cache_chunks must be ≥ 1")
         self.path, self.variable, self.time_dim, self.dims = str(path), variable, time_dim, tuple(dims)
         self.chunk_frames, self.cache_chunks = int(chunk_frames), int(cache_chunks)
+        self.variable_key = variable_key  # the setting that names the variable, for error messages
         self.sources: list[Source] = []
         for source in store_sources(path):
             with open_source(source) as ds:
@@ -155,7 +157,7 @@ class GriddedStore:
     def _check_variable(self, ds: xr.Dataset, source: Path) -> None:
         if self.variable not in ds.data_vars:
             have = ", ".join(sorted(str(v) for v in ds.data_vars)) or "none"
-            raise UserError(f"{source} has no variable {self.variable!r} (it has: {have}); set dataset.variable")
+            raise UserError(f"{source} has no variable {self.variable!r} (it has: {have}); set {self.variable_key}")
         dims = ds[self.variable].dims
         if set(dims) != {self.time_dim, *self.dims}:
             raise UserError(f"{source}: {self.variable!r} has dims {dims}; dataset.time_dim={self.time_dim!r} and "
