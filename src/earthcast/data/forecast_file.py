@@ -253,10 +253,12 @@ def merge_rank_parts(path: str | Path, world_size: int, max_samples: int | None 
             for name, var in first.variables.items():
                 filters = var.filters() or {}
                 chunks = var.chunking()
+                # a fill value is part of the variable's creation, the other attributes follow it
+                fill = var.getncattr("_FillValue") if "_FillValue" in var.ncattrs() else None
                 copy = out.createVariable(name, var.datatype, var.dimensions, zlib=bool(filters.get("zlib")),
                                           complevel=filters.get("complevel", 4), shuffle=bool(filters.get("shuffle")),
-                                          chunksizes=None if chunks == "contiguous" else chunks)
-                copy.setncatts({attr: var.getncattr(attr) for attr in var.ncattrs()})
+                                          chunksizes=None if chunks == "contiguous" else chunks, fill_value=fill)
+                copy.setncatts({attr: var.getncattr(attr) for attr in var.ncattrs() if attr != "_FillValue"})
                 if var.dimensions[:1] == ("sample",):
                     per_sample.append(name)
                 else:

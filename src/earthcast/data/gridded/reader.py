@@ -186,7 +186,7 @@ class GriddedDataModule(ForecastDataModule):
         static = self.static_valid()
         total = np.zeros(3)
         for frame in frames:
-            values = self.store.frames(int(frame), int(frame) + 1)[0].astype(np.float64)
+            values = self.store.read(int(frame), int(frame) + 1)[0].astype(np.float64)  # uncached: scattered frames
             valid = np.isfinite(values) if static is None else np.isfinite(values) & static
             chosen = values[valid]
             total += (chosen.size, chosen.sum(), np.square(chosen).sum())

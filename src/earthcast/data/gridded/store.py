@@ -184,8 +184,8 @@ class GriddedStore:
             self._handles[which] = open_source(self.sources[which].path)
         return self._handles[which]
 
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        """Frames [start, stop) from the sources, float32 T × H × W."""
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames [start, stop) from the sources, float32 T × H × W, bypassing the cache."""
         parts = []
         for which in range(len(self.sources)):
             first, last = self._starts[which], self._starts[which + 1]
@@ -215,7 +215,7 @@ class GriddedStore:
             self._cache.move_to_end(chunk)
             return self._cache[chunk]
         lo = chunk * self.chunk_frames
-        block = self._read(lo, min(lo + self.chunk_frames, len(self.times)))
+        block = self.read(lo, min(lo + self.chunk_frames, len(self.times)))
         self._cache[chunk] = block
         while len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)
