@@ -1,8 +1,9 @@
-"""score a checkpoint (ckpt_path=...) or a stored forecast file (predictions=...)
+"""score a checkpoint (ckpt_path=...) or a stored forecast file (predictions=... [observations=...])
 
 A checkpoint's model and data are rebuilt as trained (its overrides are replayed first) and scored on
 `split`; a stored forecast file (the schema of docs/forecast_files.md) is scored without any model, the
-evaluator picked by its `dataset` attribute unless `evaluator=` is given.
+evaluator picked by its `dataset` attribute unless `evaluator=` is given, against its own `target` or, with
+`observations=`, against observations that exist now (a forecast made from fresh observations).
 """
 
 from __future__ import annotations
@@ -44,13 +45,19 @@ def score_stored(cfg: DictConfig, run_dir: Path) -> dict:
     # the file's `dataset` attribute picks the evaluator unless evaluator= was given on the command line
     explicit = HydraConfig.initialized() and any(
         o.lstrip("+").startswith("evaluator") for o in HydraConfig.get().overrides.task)
+    observations = None
+    if cfg.observations:
+        observations = {"path": str(cfg.observations), "variable": cfg.observations_variable,
+                        "time_dim": str(cfg.observations_time_dim)}
     scores, by_lead, by_group = evaluate_stored(str(cfg.predictions), evaluator_cfg=cfg.evaluator if explicit else None,
-                                                chunk_size=int(cfg.chunk_size), nan_policy=str(cfg.nan_policy))
+                                                chunk_size=int(cfg.chunk_size), nan_policy=cfg.nan_policy,
+                                                observations=observations)
     results = {"scores": scores, "by_lead": by_lead, "by_group": by_group}
     out = write_evaluation(run_dir, results, split="stored", predictions=None, plot_samples=cfg.outputs.plot_samples,
                            report=cfg.outputs.report, frame_minutes=cfg.dataset.frame_minutes,
                            about={"model": cfg.model.name, "dataset": cfg.dataset.name,
-                                  "source": str(cfg.predictions)})
+                                  "source": str(cfg.predictions),
+                                  **({"observations": str(cfg.observations)} if cfg.observations else {})})
     print_summary(f"scores of {cfg.predictions}", out, run_dir,
                   {"metrics": run_dir / "metrics.json", "report": run_dir / "report.md"})
     return out

@@ -44,11 +44,13 @@ class ForecastWriter(BasePredictionWriter):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage in ("test", "predict"):
             path = rank_part_path(self.path, trainer.global_rank) if trainer.world_size > 1 else self.path
-            self.file = ForecastFile(path, self.dataset, self.attrs, self.max_samples)
+            datamodule = trainer.datamodule
+            layout = datamodule.forecast_layout() if hasattr(datamodule, "forecast_layout") else None
+            self.file = ForecastFile(path, self.dataset, self.attrs, self.max_samples, layout)
 
     def _write(self, outputs) -> None:
         if outputs is not None and self.file is not None:
-            self.file.write(outputs["prediction"], outputs["target"], outputs["context"], outputs["meta"])
+            self.file.write(outputs["prediction"], outputs.get("target"), outputs["context"], outputs["meta"])
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:

@@ -1,6 +1,7 @@
 """What an evaluation leaves in its run directory, and the summary printed at the end of a command.
 
-    write_evaluation   metrics.json, metrics_by_lead.csv, metrics_by_group.csv, plots/, report.md
+    write_evaluation   metrics.json, metrics_by_lead.csv (and the same as CF netCDF: metrics.nc),
+                       metrics_by_group.csv, plots/, report.md
     write_report       report.md with score tables and PNG plots (matplotlib Agg, no pyplot global state)
     print_summary      the headline scores next to persistence, and where the outputs are
 
@@ -29,12 +30,12 @@ REFERENCE_PREFIXES = ("persistence/", "climatology/")
 #: lower is better: skill is 1 − model/reference (the MSE-skill-score form); for the rest model − reference
 ERROR_METRICS = {"mse", "mae", "crps", "nino34_rmse", "mean_intensity_error"}
 #: neither direction is better, or a count: no skill column
-NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|bias_.*|spread_skill)$")
+NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|frequency_bias_.*|spread_skill_ratio|mean_error)$")
 #: left out of the summary table because a plot or the by-lead table shows them
 DETAIL_METRICS = re.compile(r"^(rank_hist_\d+|nino34_corr_lead\d+)$")
 #: columns of the by-lead / by-group tables that the report shows (prefixed reference versions included)
 HEADLINE_COLUMNS = re.compile(
-    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|crps|spread_skill|"
+    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|rmse|crps|spread_skill_ratio|"
     r"nino34_corr|nino34_corr_m|nino34_corr_wm|nino34_rmse)$"
 )
 THRESHOLD_CSI = re.compile(r"^csi_(\d+(?:\.\d+)?)$")
@@ -53,6 +54,8 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
     write_json(run_dir / "metrics.json", scores)
     if results.get("by_lead") is not None:
         write_csv(run_dir / "metrics_by_lead.csv", results["by_lead"])
+        write_metrics_netcdf(run_dir / "metrics.nc", results["by_lead"], frame_minutes,
+                             {"split": split, **{k: str(v) for k, v in about.items()}})
     if results.get("by_group") is not None and len(results["by_group"]):
         write_csv(run_dir / "metrics_by_group.csv", results["by_group"])
     plots = []
@@ -66,6 +69,40 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
                      extra={"split": split, **about,
                             "sequence_plots": [str(p.relative_to(run_dir)) for p in plots]})
     return scores
+
+
+def write_metrics_netcdf(path: Path, by_lead: pd.DataFrame, frame_minutes: float | None, attrs: Mapping) -> Path:
+    """The by-lead table as CF-1.10 netCDF: `score(metric, lead_time)`, lead_time a duration where the frame
+    interval is known (else a count of frames), `metric_name(metric)` the names of metrics_by_lead.csv
+    (`ds.set_index(metric="metric_name").score.sel(metric="mse")`)."""
+    import numpy as np
+    import xarray as xr
+
+    from earthcast.io import AtomicFile
+
+    metrics = [c for c in by_lead.columns if c not in ("lead", "lead_minutes")]
+    leads = by_lead["lead"].to_numpy()
+    if frame_minutes:
+        lead = ("lead_time", leads * float(frame_minutes),
+                {"units": "minutes", "standard_name": "forecast_period", "long_name": "forecast lead time",
+                 "dtype": "timedelta64[ns]"})
+    else:
+        lead = ("lead_time", leads, {"units": "1", "long_name": "forecast lead time in frames"})
+    values = by_lead[metrics].to_numpy(dtype=np.float64).T if metrics else np.zeros((0, len(leads)))
+    dataset = xr.Dataset({"score": (("metric", "lead_time"), values, {
+        "long_name": "score by lead time",
+        "comment": "units vary by metric: the variable's for mae/rmse/crps, squared for mse, 1 for skill scores"})},
+                         # the names are an auxiliary coordinate: a CF coordinate variable must be numeric
+                         coords={"metric_name": ("metric", np.array(metrics, dtype=object),
+                                                 {"long_name": "score name, as in metrics_by_lead.csv"}),
+                                 "lead_time": lead},
+                         attrs={"Conventions": "CF-1.10 earthcast-metrics-1", "title": "earthcast scores by lead time",
+                                "history": f"{pd.Timestamp.now('UTC'):%Y-%m-%dT%H:%M:%SZ} written by earthcast",
+                                **attrs})
+    with AtomicFile(path, suffix=".nc") as tmp:
+        dataset.to_netcdf(tmp, encoding={"lead_time": {"dtype": "float64", "_FillValue": None},
+                                         "score": {"_FillValue": np.nan}})
+    return path
 
 
 def summary_keys(scores: Mapping[str, Any]) -> list[str]:

@@ -1,13 +1,13 @@
 """SEVIR / SEVIR-LR VIL nowcasting evaluator.
 
 Scores (keys in metrics.json; <thr> as written in the config, e.g. csi_16):
-  csi/pod/sucr/far/bias/hss_<thr>   from int64 hit/miss/false-alarm/correct-negative counts over all pixels,
+  csi/pod/sucr/far/frequency_bias/hss_<thr> from int64 hit/miss/false-alarm/correct-negative counts over all pixels,
                                     frames and samples (event = VIL ≥ thr; NaN → null when undefined)
   csi_m                             mean CSI over the thresholds whose CSI is defined (see below)
   csi_<thr>_pool<k>, csi_m_pool<k>  the same after k×k non-overlapping max pooling (ceil mode at the edges)
   fss_<thr>_<scale>                 fractions skill score, neighbourhood scale×scale pixels
   mse, mae                          on VIL/255, as in the published SEVIR tables (Gao et al. 2022, Table 4)
-  crps, spread_skill, rank_hist_<r> ensembles (a deterministic forecast's crps is its MAE)
+  crps, spread_skill_ratio, rank_hist_<r>  ensembles (a deterministic forecast's crps is its MAE)
   mean_intensity_error              |mean forecast VIL − target value| on /255, when meta gives the value
   n_samples
 Deterministic scores of an ensemble are those of its member mean. With `reference: true` and a context,
@@ -56,7 +56,7 @@ OTHER_GROUP = "other"
 
 MODEL, PERSISTENCE = 0, 1
 SOURCE_PREFIXES = {MODEL: "", PERSISTENCE: "persistence/"}
-CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "bias", "hss")
+CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "frequency_bias", "hss")
 
 
 @EVALUATORS.register("sevir")
