@@ -30,6 +30,9 @@ examples:
   earthcast train ckpt_path=<run>/checkpoints/last.ckpt   # resume
   earthcast eval ckpt_path=<run>/checkpoints/best.ckpt
   earthcast data synth dataset=enso_synth
+  earthcast train dataset=gridded dataset.path='era5/*.nc' dataset.variable=t2m evaluator=gridded ...
+  earthcast predict ckpt_path=<run>/checkpoints/best.ckpt inputs=latest.nc   # no targets needed
+  earthcast runs outputs/train                      # past runs: status, scores, overrides
   earthcast info model=earthformer_sevir dataset=sevir
   earthcast convert weights=earthformer_sevir.pt model=earthformer_sevir dataset=sevir
 

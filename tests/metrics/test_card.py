@@ -150,8 +150,8 @@ def test_card_of_an_ensemble_shows_its_calibration():
                             results["replicates"])
     text = "\n".join(card_lines(evaluation, {}))
     assert "## Ensemble calibration" in text and "rank_histogram.png" in text
-    low, high = evaluation.interval("spread_skill")
-    assert 1.2 < low <= evaluation.scores["spread_skill"] <= high
+    low, high = evaluation.interval("spread_skill_ratio")
+    assert 1.2 < low <= evaluation.scores["spread_skill_ratio"] <= high
     assert any(s.startswith("The ensemble is over-dispersive") for s in limitations(evaluation, worst_rows(evaluation), None))
 
 

@@ -1,9 +1,10 @@
-"""score a checkpoint (ckpt_path=...) or a stored forecast file (predictions=...)
+"""score a checkpoint (ckpt_path=...) or a stored forecast file (predictions=... [observations=...])
 
 A checkpoint's model and data are rebuilt as trained (its overrides are replayed first) and scored on
 `split`; a stored forecast file (the schema of docs/forecast_files.md) is scored without any model, the
-evaluator picked by its `dataset` attribute unless `evaluator=` is given. Scores get bootstrap intervals
-(`bootstrap.*` in configs/base.yaml), a protocol fingerprint and a forecast card (card.md).
+evaluator picked by its `dataset` attribute unless `evaluator=` is given, against its own `target` or, with
+`observations=`, against observations that exist now (a forecast made from fresh observations). Scores get
+bootstrap intervals (`bootstrap.*` in configs/base.yaml), a protocol fingerprint and a forecast card (card.md).
 
     compare=<run dir | forecast .nc> or compare=[a,b]   put other forecasts beside this one: paired
                         differences with intervals when they scored the same samples the same way (a one-line
@@ -64,16 +65,23 @@ def score_stored(cfg: DictConfig, run_dir: Path, bootstrap: BootstrapSettings) -
     explicit = HydraConfig.initialized() and any(
         o.lstrip("+").startswith("evaluator") for o in HydraConfig.get().overrides.task)
     evaluator_cfg = cfg.evaluator if explicit else None
+    observations = None
+    if cfg.observations:
+        observations = {"path": str(cfg.observations), "variable": cfg.observations_variable,
+                        "time_dim": str(cfg.observations_time_dim)}
     path = Path(str(cfg.predictions))
     results = score_stored_file(path, evaluator_cfg=evaluator_cfg, chunk_size=int(cfg.chunk_size),
-                                nan_policy=str(cfg.nan_policy), bootstrap=bootstrap)
-    record = stored_record(path, results["file"], str(cfg.nan_policy))
+                                nan_policy=cfg.nan_policy, observations=observations, bootstrap=bootstrap)
+    record = stored_record(path, results["file"], results["nan_policy"])
+    if cfg.observations:
+        record["observations"] = Path(str(cfg.observations)).name
     compared = compared_evaluations(cfg, evaluator_cfg, bootstrap, ours=record["model"]["name"])
     out = write_evaluation(run_dir, results, split=results["file"].get("split", "stored"), predictions=None,
                            plot_samples=cfg.outputs.plot_samples, report=cfg.outputs.report,
                            frame_minutes=cfg.dataset.frame_minutes,
                            about={"model": record["model"]["name"], "dataset": record["dataset"],
-                                  "source": str(path)},
+                                  "source": str(path),
+                                  **({"observations": str(cfg.observations)} if cfg.observations else {})},
                            record=record, compared=compared, published=cfg.published)
     print_summary(f"scores of {cfg.predictions}", out, run_dir,
                   {"metrics": run_dir / "metrics.json", "report": run_dir / "report.md", "card": run_dir / "card.md"})
@@ -85,7 +93,10 @@ def stored_record(path: Path, attrs: dict[str, str], nan_policy: str) -> dict[st
     model = {"name": attrs.get("model") or path.stem, "file": str(path), "file_sha256": file_sha256(path)}
     if attrs.get("source"):
         model["made_by"] = attrs["source"]
-    return {"dataset": attrs.get("dataset", "unknown"), "synthetic": attrs.get("synthetic") == "1",
+    dataset = attrs.get("dataset", "unknown")
+    if attrs.get("variable"):
+        dataset = f"{dataset}:{attrs['variable']}"
+    return {"dataset": dataset, "synthetic": attrs.get("synthetic") == "1",
             "nan_policy": nan_policy, "model": model, "recipe": None, "data": {"file": str(path)}}
 
 
@@ -106,10 +117,10 @@ def compared_evaluations(cfg: DictConfig, evaluator_cfg: Any, bootstrap: Bootstr
             evaluations.append(Evaluation.from_run_dir(path))
         elif path.is_file():
             results = score_stored_file(path, evaluator_cfg=evaluator_cfg, chunk_size=int(cfg.chunk_size),
-                                        nan_policy=str(cfg.nan_policy), bootstrap=bootstrap)
-            record = stored_record(path, results["file"], str(cfg.nan_policy))
+                                        nan_policy=cfg.nan_policy, bootstrap=bootstrap)
+            record = stored_record(path, results["file"], results["nan_policy"])
             protocol = run_protocol(results["protocol"], dataset=record["dataset"],
-                                    split=results["file"].get("split", "stored"), nan_policy=str(cfg.nan_policy),
+                                    split=results["file"].get("split", "stored"), nan_policy=results["nan_policy"],
                                     synthetic=record["synthetic"])
             evaluations.append(Evaluation(record["model"]["name"], results["scores"], results["by_lead"],
                                           results["by_group"], results["replicates"], protocol, record["model"],

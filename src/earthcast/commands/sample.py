@@ -5,7 +5,7 @@
 
 Writes to the run directory
     predictions.nc   members (sample, member, lead_time, y, x) in the stored-forecast schema (VIL 0–255)
-    metrics.json     ensemble scores (crps, spread_skill, csi_m and pooled CSI of the ensemble mean),
+    metrics.json     ensemble scores (crps, spread_skill_ratio, csi_m and pooled CSI of the ensemble mean),
                      member/<key> (the same scores of single members), persistence_ensemble/crps (members =
                      the last context frames held), knowledge/<key> (F₀, achieved mean intensity, projection
                      moves), mean_intensity_error against F₀, sampling_seconds (wall time of drawing the

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from earthcast.config import plain
-from earthcast.data import enso, sevir  # noqa: F401 - register readers, twins and checkers
+from earthcast.data import enso, gridded, sevir  # noqa: F401 - register readers, twins and checkers
 from earthcast.data.base import CHECKERS, DATASETS, SYNTHESIZERS, ForecastDataModule
 from earthcast.errors import UserError
 
@@ -50,9 +50,9 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
     """Generate a missing synthetic twin on first use. Only global rank 0 writes (atomically, by rename);
     other ranks wait for the root to appear, so simultaneous SLURM tasks never race."""
     cfg = plain(cfg_dataset)
-    root = Path(cfg["root"])
-    if root.exists() or not cfg.get("synth"):
+    if not cfg.get("synth") or Path(cfg["root"]).exists():
         return
+    root = Path(cfg["root"])
     if _global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
         synthesize(cfg)
@@ -65,11 +65,12 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
 
 
 def build_datamodule(cfg_dataset, split: str | None = None) -> ForecastDataModule:
-    """The LightningDataModule for cfg_dataset.name (generating a synthetic twin first if needed); with
-    `split`, its test and predict loaders serve that split."""
+    """The LightningDataModule for cfg_dataset.name, or the ForecastDataModule subclass cfg_dataset._target_
+    names (a synthetic twin is generated first if needed); with `split`, its test and predict loaders serve
+    that split."""
     cfg = plain(cfg_dataset)
     ensure_dataset(cfg)
-    return DATASETS.get(str(cfg["name"]))(cfg, split)
+    return DATASETS.build_from(cfg)(cfg, split)
 
 
 def check(cfg_dataset) -> dict:

@@ -39,6 +39,21 @@ FIT_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, LearningRateMonitor, Weigh
 MONITOR_MODES = ("max", "min")
 
 
+#: loggers that need an optional dependency: logger name → the extra that installs it
+LOGGER_EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def build_logger(name: str, node):
+    """One logger of cfg.logger; a logger whose package is missing is a one-line error naming the extra."""
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the logger's ImportError in its own exception
+        cause = err.__cause__ or err
+        if name in LOGGER_EXTRAS and isinstance(cause, ImportError | ModuleNotFoundError):
+            raise UserError(f"logger={name} needs its package: pip install 'earthcast[{LOGGER_EXTRAS[name]}]'") from None
+        raise
+
+
 def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None = None,
                   callbacks: list[Callback] = (), progress_bar: bool = True, **settings) -> L.Trainer:
     """A trainer for fitting (`fit`) or for evaluation; `settings` override cfg.trainer's keys."""
@@ -62,8 +77,8 @@ def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None =
         configured = [c for c in configured if not isinstance(c, ProgressBar)]
         kwargs["enable_progress_bar"] = False
     extra = [RunOverrides(run_overrides())] if fit else []
-    loggers = [instantiate(node) for node in (cfg.logger or {}).values() if node and "_target_" in node] if fit \
-        else False
+    loggers = [build_logger(name, node) for name, node in (cfg.logger or {}).items() if node and "_target_" in node] \
+        if fit else False
     trainer = L.Trainer(callbacks=[*configured, *extra, *callbacks], logger=loggers,
                         plugins=[CheckpointReadOnce(checkpoint)], default_root_dir=cfg.paths.output_dir, **kwargs)
     # on the accelerator Lightning resolved ("auto" included), before the first step allocates anything big

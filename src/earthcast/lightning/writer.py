@@ -23,13 +23,15 @@ from earthcast.errors import UserError
 from earthcast.metrics.evaluation import Evaluation
 from earthcast.metrics.protocol import model_record
 from earthcast.metrics.report import write_evaluation
+from earthcast.metrics.stored import MASKING_EVALUATORS
 
 #: the run config's training choices shown as the card's recipe
 RECIPE_KEYS = {"module": "module", "loss": "loss", "optimizer": "optim.name", "lr": "optim.lr",
                "weight_decay": "optim.weight_decay", "warmup_fraction": "optim.warmup_fraction",
                "max_epochs": "trainer.max_epochs", "max_steps": "trainer.max_steps", "precision": "trainer.precision",
                "batch_size": "dataset.batch_size", "seed": "seed", "init_from": "init_from"}
-DATA_KEYS = ("name", "root", "splits", "in_len", "out_len", "stride", "height", "width", "frame_minutes")
+DATA_KEYS = ("name", "root", "path", "variable", "splits", "in_len", "out_len", "stride", "height", "width",
+             "frame_minutes")
 
 
 class ForecastWriter(BasePredictionWriter):
@@ -40,6 +42,8 @@ class ForecastWriter(BasePredictionWriter):
         self.written: Path | None = None  # predictions.nc once complete (None when nothing was written)
         self.results: dict | None = None  # the module's test results
         self.parameters: int | None = None  # of the module tested
+        # non-finite forecasts stop a test run, unless the evaluator leaves such points out itself
+        self.nan_policy = "fail"
 
     @classmethod
     def for_run(cls, cfg: DictConfig, source: str = "", **attrs) -> ForecastWriter:
@@ -61,24 +65,29 @@ class ForecastWriter(BasePredictionWriter):
                                 plot_samples=cfg.outputs.plot_samples, report=cfg.outputs.report,
                                 frame_minutes=cfg.dataset.frame_minutes,
                                 about={"model": cfg.model.name, "dataset": cfg.dataset.name, "source": source},
-                                record=run_record(cfg, source, self.parameters), compared=compared,
-                                published=published)
+                                record=run_record(cfg, source, self.parameters, self.nan_policy),
+                                compared=compared, published=published)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if isinstance(getattr(pl_module, "test_evaluator", None), MASKING_EVALUATORS):
+            self.nan_policy = "mask"
         if stage in ("test", "predict"):
             path = rank_part_path(self.path, trainer.global_rank) if trainer.world_size > 1 else self.path
-            self.file = ForecastFile(path, self.dataset, self.attrs, self.max_samples)
+            datamodule = trainer.datamodule
+            layout = datamodule.forecast_layout() if hasattr(datamodule, "forecast_layout") else None
+            self.file = ForecastFile(path, self.dataset, self.attrs, self.max_samples, layout)
 
     def _write(self, outputs) -> None:
         if outputs is not None and self.file is not None:
-            self.file.write(outputs["prediction"], outputs["target"], outputs["context"], outputs["meta"])
+            self.file.write(outputs["prediction"], outputs.get("target"), outputs["context"], outputs["meta"])
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
         self._write(prediction)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if outputs is not None and not bool(torch.isfinite(outputs["prediction"]).all()):
+        finite = outputs is None or bool(torch.isfinite(outputs["prediction"]).all())
+        if self.nan_policy == "fail" and not finite:
             # scores summed over NaN forecasts would be NaN: the protocol's nan_policy is "fail"
             raise UserError(f"the model forecast NaN/inf values in test batch {batch_idx} (rank "
                             f"{trainer.global_rank}); its scores would be undefined — check the checkpoint")
@@ -110,7 +119,8 @@ class ForecastWriter(BasePredictionWriter):
             self.file = None
 
 
-def run_record(cfg: DictConfig, source: str, parameters: int | None = None) -> dict[str, Any]:
+def run_record(cfg: DictConfig, source: str, parameters: int | None = None,
+               nan_policy: str = "fail") -> dict[str, Any]:
     """What the protocol and the card say about a run built from `cfg`: the dataset (and whether it is a
     synthetic twin), the model (config hash; the checkpoint's sha256 when `source` is a checkpoint file), the
     training recipe and the data settings."""
@@ -123,8 +133,10 @@ def run_record(cfg: DictConfig, source: str, parameters: int | None = None) -> d
         if value is not None:
             recipe[label] = value
     dataset = config["dataset"]
-    return {"dataset": str(dataset["name"]), "synthetic": "synth" in dataset,
-            "nan_policy": "fail",  # the writer stops a test run at the first non-finite forecast
+    # a gridded dataset is named by its variable too: two variables are two protocols
+    name = f"{dataset['name']}:{dataset['variable']}" if dataset.get("variable") else str(dataset["name"])
+    return {"dataset": name, "synthetic": "synth" in dataset,
+            "nan_policy": nan_policy,
             "model": model_record(config["model"]["name"], config["model"], source),
             "model_facts": {} if parameters is None else {"parameters": parameters},
             "recipe": recipe, "data": {key: dataset[key] for key in DATA_KEYS if dataset.get(key) is not None}}

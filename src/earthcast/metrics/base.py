@@ -39,22 +39,35 @@ from earthcast.registry import Registry
 EVALUATORS = Registry("evaluator")
 
 CRPS_ESTIMATORS = ("fair", "plain")
+#: score names earlier versions wrote (metrics.json, CSV tables) → today's: `bias` means the mean error in most
+#: verification tools, so the categorical score is `frequency_bias`; `spread_skill` is a ratio
+RENAMED_SCORES = {"spread_skill": "spread_skill_ratio", "bias_": "frequency_bias_"}
+
+
+def current_score_name(key: str) -> str:
+    """A score name as stored by any version (prefixes such as persistence/ kept) → today's name."""
+    prefix, _, name = key.rpartition("/")
+    for old, new in RENAMED_SCORES.items():
+        if name == old or (old.endswith("_") and name.startswith(old)):
+            name = new + name[len(old):]
+            break
+    return f"{prefix}/{name}" if prefix else name
 
 
 def build_evaluator(cfg: Any, bootstrap: Any = None) -> ForecastEvaluator:
-    """Build an evaluator from `cfg` (dict or DictConfig): `name` picks the class, other keys are its options.
-    `bootstrap` (the run config's `bootstrap:`, BootstrapSettings or None for none) sets its intervals."""
+    """Build an evaluator from `cfg` (dict or DictConfig): `name` (or `_target_`, a class of the user's) picks
+    the class, other keys are its options. `bootstrap` (the run config's `bootstrap:`, BootstrapSettings, or
+    None for none) sets its intervals, for evaluators that take one."""
     options = plain(cfg)
-    if bootstrap is not None:
-        options["bootstrap"] = bootstrap if isinstance(bootstrap, BootstrapSettings) else plain(bootstrap)
-    name = options.pop("name", None)
-    if not name:
-        known = ", ".join(EVALUATORS.names())
-        raise UserError(f"evaluator config has no 'name'; set evaluator.name to one of: {known}")
-    factory = EVALUATORS.get(str(name))
+    factory = EVALUATORS.build_from(options)
+    name = options.pop("_target_", None) or options.get("name")
+    options.pop("name", None)
     accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    if bootstrap is not None and ("bootstrap" in accepted or takes_any):
+        options["bootstrap"] = bootstrap if isinstance(bootstrap, BootstrapSettings) else plain(bootstrap)
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise UserError(
             f"evaluator.{unknown[0]} is not an option of evaluator {name!r}; "
             f"remove it or use one of: {', '.join(sorted(accepted))}"
@@ -191,12 +204,20 @@ class ForecastEvaluator(Metric):
         target: torch.Tensor,
         groups: torch.Tensor,
         scale: float,
+        valid: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
     ) -> None:
         """CRPS (a deterministic forecast's CRPS is its MAE), spread, skill and ranks of fields in physical
-        units; sums are divided by `scale` (`scale`² for squares) so the scores are on the normalised scale."""
+        units; sums are divided by `scale` (`scale`² for squares) so the scores are on the normalised scale.
+        `valid` (B×T×H×W booleans) leaves the other points out of every sum and count."""
         n_leads = target.shape[1]
-        pixels = target.shape[-2] * target.shape[-1]
+        if valid is not None:
+            target = torch.where(valid, target, 0.0)
+            deterministic = torch.where(valid, deterministic, 0.0)
+            members = None if members is None else torch.where(valid.unsqueeze(1), members, 0.0)
+            pixels = valid.sum(dim=(-2, -1)).to(torch.float64)
+        else:
+            pixels = target.shape[-2] * target.shape[-1]
         increment = torch.zeros(target.shape[0], n_leads, 4, dtype=torch.float64, device=target.device)
         if members is None:
             increment[..., 0] = scores.spatial_sum((deterministic - target).abs()) / scale
@@ -213,6 +234,8 @@ class ForecastEvaluator(Metric):
             increment[..., 0] = scores.crps_sums(members, target, fair=self.crps_estimator == "fair") / scale
             increment[..., 2] = scores.corrected_variance_sums(members) / scale**2
             increment[..., 3] = scores.spatial_sum((deterministic - target) ** 2) / scale**2
+            if valid is not None:  # ranks of the valid points alone: members (1, M, N), observations (1, N)
+                members, target = members.movedim(1, -1)[valid].T.unsqueeze(0), target[valid].unsqueeze(0)
             ranks = scores.rank_histogram_counts(members, target)
             self.rank_counts[: n_members + 1] += ranks.to(self.rank_counts.device)
         increment[..., 1] = pixels
@@ -357,7 +380,7 @@ class ForecastEvaluator(Metric):
             # Fortin et al. (2014, J. Hydrometeor. 15:1708): for a calibrated M-member ensemble
             # E[(mean - obs)^2] = (M+1)/M · E[unbiased member variance]; the factor is applied per pixel
             # in the variance sum, so a calibrated ensemble scores 1.
-            out["spread_skill"] = torch.sqrt(scores.safe_divide(sums[..., 2], sums[..., 3]))
+            out["spread_skill_ratio"] = torch.sqrt(scores.safe_divide(sums[..., 2], sums[..., 3]))
         return out
 
     def _rank_histogram(self) -> dict[str, torch.Tensor]:

@@ -36,11 +36,11 @@ SMALL_GROUP = 30
 WORST_ROWS = 10
 #: Niño 3.4 correlation below this is stated as the end of useful skill
 USEFUL_CORRELATION = 0.5
-HEADLINE = ("csi_m", "csi_m_pool4", "csi_m_pool16", "mse", "mae", "crps", "spread_skill", "nino34_corr_m",
+HEADLINE = ("csi_m", "csi_m_pool4", "csi_m_pool16", "mse", "mae", "crps", "spread_skill_ratio", "nino34_corr_m",
             "nino34_corr_wm", "nino34_rmse", "mean_intensity_error")
 #: scores compared row by row in "where it is worse"
 GAP_SCORES = ("csi_m", "mse", "crps", "nino34_corr", "nino34_rmse", "nino34_corr_m")
-LEAD_SCORES = ("csi_m", "mse", "crps", "spread_skill", "nino34_corr", "nino34_rmse")
+LEAD_SCORES = ("csi_m", "mse", "crps", "spread_skill_ratio", "nino34_corr", "nino34_rmse")
 GROUP_SCORES = ("csi_m", "mse", "crps", "nino34_corr_m", "nino34_rmse")
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 
@@ -135,7 +135,7 @@ def _threshold_section(evaluation: Evaluation) -> list[str]:
     labels = [key[4:] for key in evaluation.scores if key.startswith("csi_") and key[4:].replace(".", "").isdigit()]
     if not labels:
         return []
-    names = ("csi", "pod", "sucr", "far", "bias", "hss")
+    names = ("csi", "pod", "sucr", "far", "frequency_bias", "hss")
     rows = [[label, *(_with_interval(evaluation, f"{name}_{label}") for name in names),
              evaluation.scores.get(f"persistence/csi_{label}")] for label in labels]
     return ["## By threshold (all leads)", "",
@@ -172,18 +172,18 @@ def _gaps_section(gaps: pd.DataFrame, evaluation: Evaluation, compared: Sequence
 
 def _calibration_section(evaluation: Evaluation) -> list[str]:
     scores = evaluation.scores
-    if "spread_skill" not in scores:
+    if "spread_skill_ratio" not in scores:
         return []
     ranks = [scores[k] for k in sorted((k for k in scores if k.startswith("rank_hist_")), key=lambda k: int(k[10:]))]
     lines = ["## Ensemble calibration", "",
-             f"Spread/skill {_with_interval(evaluation, 'spread_skill')} (1 = calibrated; Fortin et al. 2014). "
+             f"Spread/skill {_with_interval(evaluation, 'spread_skill_ratio')} (1 = calibrated; Fortin et al. 2014). "
              f"Rank histogram (observation's rank among the members, flat = {1 / max(len(ranks), 1):.3f}): "
              + ", ".join(f"{value:.3f}" for value in ranks if finite(value)) + ". Plot: "
              "[rank_histogram.png](plots/rank_histogram.png).", ""]
     frame = evaluation.by_lead
-    if frame is not None and "spread_skill" in frame:
+    if frame is not None and "spread_skill_ratio" in frame:
         lead = "lead_minutes" if "lead_minutes" in frame else "lead"
-        lines += [*_frame_with_intervals(frame, [lead, "spread_skill", "crps"]), ""]
+        lines += [*_frame_with_intervals(frame, [lead, "spread_skill_ratio", "crps"]), ""]
     return lines
 
 
@@ -257,10 +257,10 @@ def limitations(evaluation: Evaluation, gaps: pd.DataFrame, published: Mapping[s
         elif scores[f"csi_{label}"] == 0:
             found.append(f"Never hits events ≥ {label}: CSI 0 (POD {_number(scores.get(f'pod_{label}'))}).")
     found += _small_group_statements(evaluation)
-    spread = scores.get("spread_skill")
+    spread = scores.get("spread_skill_ratio")
     if finite(spread) and not SPREAD_SKILL_RANGE[0] <= spread <= SPREAD_SKILL_RANGE[1]:
         kind = "under-dispersive (too confident)" if spread < SPREAD_SKILL_RANGE[0] else "over-dispersive"
-        found.append(f"The ensemble is {kind}: spread/skill {_with_interval(evaluation, 'spread_skill')}.")
+        found.append(f"The ensemble is {kind}: spread/skill {_with_interval(evaluation, 'spread_skill_ratio')}.")
     if published is not None and published["protocol_differences"]:
         found.append(f"Not directly comparable with {published['name']}: "
                      + "; ".join(published["protocol_differences"][:4]) + ".")
@@ -273,9 +273,10 @@ def _intensity_statements(evaluation: Evaluation, frame: pd.DataFrame) -> list[s
     lead = "lead_minutes" if "lead_minutes" in frame else "lead"
     unit = " min" if lead == "lead_minutes" else ""
     found = []
-    labels = [c[5:] for c in frame.columns if c.startswith("bias_") and c[5:].replace(".", "").isdigit()]
+    labels = [c[15:] for c in frame.columns
+              if c.startswith("frequency_bias_") and c[15:].replace(".", "").isdigit()]
     for label in sorted(labels, key=float):
-        bias = frame[f"bias_{label}"]
+        bias = frame[f"frequency_bias_{label}"]
         for low, verb in ((True, "Loses intensity at"), (False, "Inflates intensity at")):
             off = bias.lt(BIAS_LOW) if low else bias.gt(BIAS_HIGH)
             # the first lead from which every defined bias stays off

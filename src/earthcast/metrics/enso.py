@@ -10,7 +10,7 @@ Scores (keys in metrics.json):
                         score summed these instead, which is not in °C
   mse, mae              SST error over all grid cells and months on the normalised scale of the published
                         table: °C / sst_scale (sst_scale = SST max − min of the training data)
-  crps, spread_skill, rank_hist_<r>  for ensembles, on the same normalised scale
+  crps, spread_skill_ratio, rank_hist_<r>  for ensembles, on the same normalised scale
   n_samples
 With `reference: true`: `persistence/<key>` (last context month repeated; needs a context) and
 `climatology/<key>` (zero anomaly, i.e. the climatological mean; its index correlation is undefined and not

@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 from earthcast.errors import UserError
+from earthcast.metrics.base import current_score_name
 from earthcast.metrics.bootstrap import ReplicateScores, interval_of, percentile_interval
 from earthcast.metrics.protocol import differences
 
 #: lower is better
-LOWER_IS_BETTER = re.compile(r"^(mse|mae|crps|nino34_rmse|mean_intensity_error|far_.*)$")
+LOWER_IS_BETTER = re.compile(r"^(mse|rmse|mae|crps|nino34_rmse|mean_intensity_error|far_.*)$")
 #: neither direction is better (a count, a bias whose ideal is 1, a ratio whose ideal is 1, a histogram)
-NEUTRAL = re.compile(r"^(n_samples|n_samples_excluded|bias_.*|spread_skill|rank_hist_\d+)$")
+NEUTRAL = re.compile(r"^(n_samples|n_samples_excluded|n_units|frequency_bias_.*|spread_skill_ratio|mean_error|rank_hist_\d+)$")
 REFERENCES = ("persistence", "climatology")
 TABLES = {"all": None, "by_lead": "lead", "by_group": "group"}
 
@@ -65,9 +66,12 @@ class Evaluation:
             payload = json.loads(metrics_file.read_text())
         except json.JSONDecodeError as err:
             raise UserError(f"{metrics_file} is not valid JSON ({err.msg}); rerun the evaluation") from None
-        scores = {k: v for k, v in payload.items() if v is None or isinstance(v, (int, float))}
+        # score names of any version, as today's
+        scores = {current_score_name(k): v for k, v in payload.items() if v is None or isinstance(v, (int, float))}
         tables = {name: pd.read_csv(path / f"metrics_{name}.csv") if (path / f"metrics_{name}.csv").is_file()
                   else None for name in ("by_lead", "by_group")}
+        tables = {name: None if frame is None else frame.rename(columns=current_score_name)
+                  for name, frame in tables.items()}
         replicates = ReplicateScores.load(path / "replicates.nc") if (path / "replicates.nc").is_file() else None
         model = payload.get("model") or {}
         return cls(label or model.get("name") or path.name, scores, tables["by_lead"], tables["by_group"],

@@ -1,7 +1,8 @@
 """What an evaluation leaves in its run directory, and the summary printed at the end of a command.
 
     write_evaluation   metrics.json (scores, intervals, paired differences, protocol, model), the per-lead and
-                       per-group tables with interval columns, replicates.nc, plots/, report.md, card.md
+                       per-group tables with interval columns (by lead also as CF netCDF: metrics.nc),
+                       replicates.nc, plots/, report.md, card.md
     write_report       report.md with score tables and PNG plots (matplotlib Agg, no pyplot global state)
     print_summary      the headline scores with their intervals next to persistence, and where the outputs are
 
@@ -36,12 +37,12 @@ REFERENCE_PREFIXES = ("persistence/", "climatology/")
 #: lower is better: skill is 1 − model/reference (the MSE-skill-score form); for the rest model − reference
 ERROR_METRICS = {"mse", "mae", "crps", "nino34_rmse", "mean_intensity_error"}
 #: neither direction is better, or a count: no skill column
-NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|bias_.*|spread_skill)$")
+NEUTRAL_METRICS = re.compile(r"^(n_samples|n_samples_excluded|frequency_bias_.*|spread_skill_ratio|mean_error)$")
 #: left out of the summary table because a plot or the by-lead table shows them
 DETAIL_METRICS = re.compile(r"^(rank_hist_\d+|nino34_corr_lead\d+)$")
 #: columns of the by-lead / by-group tables that the report shows (prefixed reference versions included)
 HEADLINE_COLUMNS = re.compile(
-    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|crps|spread_skill|"
+    r"^(lead|lead_minutes|group|n_samples|csi_m|csi_m_pool\d+|mse|mae|rmse|crps|spread_skill_ratio|"
     r"nino34_corr|nino34_corr_m|nino34_corr_wm|nino34_rmse)$"
 )
 THRESHOLD_CSI = re.compile(r"^csi_(\d+(?:\.\d+)?)$")
@@ -88,6 +89,8 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
     write_json(run_dir / "metrics.json", scores)
     if evaluation.by_lead is not None:
         write_csv(run_dir / "metrics_by_lead.csv", evaluation.by_lead)
+        write_metrics_netcdf(run_dir / "metrics.nc", evaluation.by_lead, frame_minutes,
+                             {"split": split, **{k: str(v) for k, v in about.items()}})
     if evaluation.by_group is not None and len(evaluation.by_group):
         write_csv(run_dir / "metrics_by_group.csv", evaluation.by_group)
     plots = []
@@ -110,7 +113,10 @@ def _evaluation(results: Mapping[str, Any], split: str, record: Mapping[str, Any
                 about: Mapping[str, Any]) -> Evaluation:
     protocol = None
     if results.get("protocol") is not None:
-        protocol = run_protocol(results["protocol"], dataset=str(record.get("dataset", about.get("dataset"))),
+        scored = dict(results["protocol"])
+        if record.get("observations"):  # scored against other targets than the forecasts' own
+            scored["observations"] = record["observations"]
+        protocol = run_protocol(scored, dataset=str(record.get("dataset", about.get("dataset"))),
                                 split=split, nan_policy=str(record.get("nan_policy", "fail")),
                                 synthetic=bool(record.get("synthetic", False)))
     model = record.get("model") or {"name": about.get("model")}
@@ -132,6 +138,40 @@ def _uncertainty(evaluation: Evaluation, compared: Sequence[Evaluation]) -> dict
     if paired:
         out["paired"] = paired
     return out
+
+
+def write_metrics_netcdf(path: Path, by_lead: pd.DataFrame, frame_minutes: float | None, attrs: Mapping) -> Path:
+    """The by-lead table as CF-1.10 netCDF: `score(metric, lead_time)`, lead_time a duration where the frame
+    interval is known (else a count of frames), `metric_name(metric)` the names of metrics_by_lead.csv
+    (`ds.set_index(metric="metric_name").score.sel(metric="mse")`)."""
+    import numpy as np
+    import xarray as xr
+
+    from earthcast.io import AtomicFile
+
+    metrics = [c for c in by_lead.columns if c not in ("lead", "lead_minutes")]
+    leads = by_lead["lead"].to_numpy()
+    if frame_minutes:
+        lead = ("lead_time", leads * float(frame_minutes),
+                {"units": "minutes", "standard_name": "forecast_period", "long_name": "forecast lead time",
+                 "dtype": "timedelta64[ns]"})
+    else:
+        lead = ("lead_time", leads, {"units": "1", "long_name": "forecast lead time in frames"})
+    values = by_lead[metrics].to_numpy(dtype=np.float64).T if metrics else np.zeros((0, len(leads)))
+    dataset = xr.Dataset({"score": (("metric", "lead_time"), values, {
+        "long_name": "score by lead time",
+        "comment": "units vary by metric: the variable's for mae/rmse/crps, squared for mse, 1 for skill scores"})},
+                         # the names are an auxiliary coordinate: a CF coordinate variable must be numeric
+                         coords={"metric_name": ("metric", np.array(metrics, dtype=object),
+                                                 {"long_name": "score name, as in metrics_by_lead.csv"}),
+                                 "lead_time": lead},
+                         attrs={"Conventions": "CF-1.10 earthcast-metrics-1", "title": "earthcast scores by lead time",
+                                "history": f"{pd.Timestamp.now('UTC'):%Y-%m-%dT%H:%M:%SZ} written by earthcast",
+                                **attrs})
+    with AtomicFile(path, suffix=".nc") as tmp:
+        dataset.to_netcdf(tmp, encoding={"lead_time": {"dtype": "float64", "_FillValue": None},
+                                         "score": {"_FillValue": np.nan}})
+    return path
 
 
 def summary_keys(scores: Mapping[str, Any]) -> list[str]:

@@ -1,19 +1,19 @@
 """SEVIR / SEVIR-LR VIL nowcasting evaluator.
 
 Scores (keys in metrics.json; <thr> as written in the config, e.g. csi_16):
-  csi/pod/sucr/far/bias/hss_<thr>   from int64 hit/miss/false-alarm/correct-negative counts over all pixels,
+  csi/pod/sucr/far/frequency_bias/hss_<thr> from int64 hit/miss/false-alarm/correct-negative counts over all pixels,
                                     frames and samples (event = VIL ≥ thr; NaN → null when undefined)
   csi_m                             mean CSI over the thresholds whose CSI is defined (see below)
   csi_<thr>_pool<k>, csi_m_pool<k>  the same after k×k non-overlapping max pooling (ceil mode at the edges)
   fss_<thr>_<scale>                 fractions skill score, neighbourhood scale×scale pixels
   mse, mae                          on VIL/255, as in the published SEVIR tables (Gao et al. 2022, Table 4)
-  crps, spread_skill, rank_hist_<r> ensembles (a deterministic forecast's crps is its MAE)
+  crps, spread_skill_ratio, rank_hist_<r>  ensembles (a deterministic forecast's crps is its MAE)
   mean_intensity_error              |mean forecast VIL − target value| on /255, when meta gives the value
   n_samples
 Groups (metrics_by_group.csv): the storm-event type of each sample's event, and the meteorological season
 (DJF, MAM, JJA, SON) of its event time when the data give one; totals count each sample once.
 With a bootstrap (earthcast.metrics.bootstrap) the resampling unit is the event (`event_id`): all sequences cut
-from one event share its weights. Every score of the "all" row and csi_m, csi_<thr>, bias_<thr>, mse, mae,
+from one event share its weights. Every score of the "all" row and csi_m, csi_<thr>, frequency_bias_<thr>, mse, mae,
 crps by lead and by group get intervals.
 Deterministic scores of an ensemble are those of its member mean. With `reference: true` and a context,
 persistence (last context frame repeated) is scored on the same samples under `persistence/<key>`.
@@ -64,11 +64,11 @@ SEASONS = {12: "DJF", 1: "DJF", 2: "DJF", 3: "MAM", 4: "MAM", 5: "MAM", 6: "JJA"
            9: "SON", 10: "SON", 11: "SON"}
 SEASON_GROUPS = ("DJF", "MAM", "JJA", "SON")
 #: categorical scores kept by lead and by group on every bootstrap replicate
-REPLICATE_NAMES = ("csi", "bias")
+REPLICATE_NAMES = ("csi", "frequency_bias")
 
 MODEL, PERSISTENCE = 0, 1
 SOURCE_PREFIXES = {MODEL: "", PERSISTENCE: "persistence/"}
-CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "bias", "hss")
+CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "frequency_bias", "hss")
 
 
 @EVALUATORS.register("sevir")
