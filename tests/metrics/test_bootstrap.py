@@ -221,3 +221,22 @@ def test_unit_counting_is_exact_for_small_counts():
 def test_bad_settings_are_one_line_errors(settings, fragment):
     with pytest.raises(UserError, match=fragment):
         BootstrapSettings.from_config(settings)
+
+
+def test_gridded_forecasts_resample_initialisation_days_with_masked_points():
+    from earthcast.metrics.gridded import GriddedEvaluator
+
+    g = torch.Generator().manual_seed(4)
+    n = 12
+    target = torch.randn(n, 2, 4, 4, generator=g)
+    target[:, :, 0, 0] = float("nan")  # a land point
+    context = torch.randn(n, 1, 4, 4, generator=g)
+    times = [f"2020-01-{1 + i // 2:02d}T{12 * (i % 2):02d}:00:00" for i in range(n)]  # two inits a day
+    evaluator = GriddedEvaluator(thresholds=[0.5], bootstrap=BOOT)
+    evaluator.update(context[:, -1:].expand_as(target).clone(), target, context=context, meta={"init_time": times})
+    evaluation = _evaluation(evaluator)
+    assert evaluator.units_total() == 6 and evaluator.protocol_facts()["sample_ids"] == "init_time"
+    pairs = evaluation.reference_differences()["persistence"]
+    assert pairs["rmse"]["interval"] == [0.0, 0.0] and pairs["csi_m"]["interval"] == [0.0, 0.0]
+    low, high = evaluation.interval("mse")
+    assert low < evaluation.scores["mse"] < high
