@@ -39,8 +39,8 @@ class Registry:
         if target:
             return import_target(str(target), f"{self.kind}._target_")
         if not cfg.get("name"):
-            raise UserError(f"the {self.kind} config has neither 'name' nor '_target_'; set {self.kind}.name to one "
-                            f"of: {', '.join(self.names())}, or {self.kind}._target_=my_package.MyClass")
+            raise UserError(f"{self.kind} config has no 'name' (nor '_target_'); set {self.kind}.name to one of: "
+                            f"{', '.join(self.names())}, or {self.kind}._target_=my_package.MyClass")
         return self.get(str(cfg["name"]))
 
     def names(self) -> list[str]:
