@@ -205,7 +205,7 @@ def test_config_files_build_and_registry():
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"thresholds": [16]}, "neither 'name' nor '_target_'"),
+        ({"thresholds": [16]}, r"has no 'name' \(nor '_target_'\)"),
         ({"name": "radar"}, "unknown evaluator 'radar'"),
         ({"name": "sevir", "threshold": [16]}, "evaluator.threshold is not an option"),
         ({"name": "sevir", "thresholds": []}, "evaluator.thresholds is empty"),
