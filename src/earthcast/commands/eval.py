@@ -45,7 +45,8 @@ def score_stored(cfg: DictConfig, run_dir: Path) -> dict:
     explicit = HydraConfig.initialized() and any(
         o.lstrip("+").startswith("evaluator") for o in HydraConfig.get().overrides.task)
     scores, by_lead, by_group = evaluate_stored(str(cfg.predictions), evaluator_cfg=cfg.evaluator if explicit else None,
-                                                chunk_size=int(cfg.chunk_size), nan_policy=str(cfg.nan_policy))
+                                                chunk_size=int(cfg.chunk_size), nan_policy=str(cfg.nan_policy),
+                                                range_policy=str(cfg.range_policy))
     results = {"scores": scores, "by_lead": by_lead, "by_group": by_group}
     out = write_evaluation(run_dir, results, split="stored", predictions=None, plot_samples=cfg.outputs.plot_samples,
                            report=cfg.outputs.report, frame_minutes=cfg.dataset.frame_minutes,

@@ -123,6 +123,9 @@ class ForecastEvaluator(Metric):
 
     full_state_update = False
     higher_is_better = None
+    #: (low, high, units) the physical values this evaluator's thresholds and scales are meant for; stored
+    #: forecasts outside it are in other units (earthcast.metrics.stored); None: no expectation
+    VALUE_RANGE: tuple[float, float, str] | None = None
 
     def __init__(
         self,

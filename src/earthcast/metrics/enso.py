@@ -62,6 +62,10 @@ UNKNOWN_MONTH = 12  # group index
 class EnsoEvaluator(ForecastEvaluator):
     """Accumulates ICAR-ENSO scores over batches; see the module docstring for the keys."""
 
+    # SST anomalies in °C: the largest in CMIP runs and observations stay well inside ±20 °C, while absolute SST
+    # (°C or K) or radar levels fall outside
+    VALUE_RANGE = (-20.0, 20.0, "SST anomalies in °C")
+
     def __init__(
         self,
         lat_range: Sequence[float] = NINO34_LAT_RANGE,

@@ -47,10 +47,10 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
                      plot_samples: int, report: bool, frame_minutes: float | None,
                      about: Mapping[str, Any]) -> dict:
     """metrics.json (the split first, then the scores), the per-lead and per-group tables, sequence plots of
-    the first `plot_samples` stored forecasts, and report.md. Returns what metrics.json holds."""
+    the first `plot_samples` stored forecasts, and report.md. Returns what metrics.json holds. metrics.json is
+    written last, so a run directory that has it has all of them."""
     run_dir = Path(run_dir)
     scores = {"split": split, **results["scores"]}
-    write_json(run_dir / "metrics.json", scores)
     if results.get("by_lead") is not None:
         write_csv(run_dir / "metrics_by_lead.csv", results["by_lead"])
     if results.get("by_group") is not None and len(results["by_group"]):
@@ -65,6 +65,7 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
         write_report(run_dir, results["scores"], results.get("by_lead"), results.get("by_group"),
                      extra={"split": split, **about,
                             "sequence_plots": [str(p.relative_to(run_dir)) for p in plots]})
+    write_json(run_dir / "metrics.json", scores)
     return scores
 
 

@@ -63,6 +63,8 @@ CATEGORICAL_NAMES = ("csi", "pod", "sucr", "far", "bias", "hss")
 class SevirEvaluator(ForecastEvaluator):
     """Accumulates SEVIR scores over batches; see the module docstring for the keys."""
 
+    VALUE_RANGE = (0.0, 255.0, "VIL levels 0–255")
+
     def __init__(
         self,
         thresholds: Sequence[float] = (16, 74, 133, 160, 181, 219),

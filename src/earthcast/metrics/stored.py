@@ -5,10 +5,15 @@ picks the evaluator; `evaluator_cfg` overrides it.
 Only one chunk of samples is in memory at a time (the file is opened without caching), so memory does not
 grow with the number of samples. Samples with NaN/inf anywhere in prediction, target or context fail the run
 (`nan_policy="fail"`, the default) or are left out whole (`"exclude"`, reported as `n_samples_excluded`).
+
+Values are checked against the evaluator's physical range (VALUE_RANGE): forecasts or observations outside it,
+or observations that use under 1% of it (VIL/255 scored against VIL thresholds), are in other units. With
+`range_policy="warn"` (the default) the file is scored with a warning; with "fail" it is refused in one line.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,8 @@ from earthcast.errors import UserError
 from earthcast.metrics.base import build_evaluator
 from earthcast.metrics.enso import EnsoEvaluator
 
+log = logging.getLogger("earthcast")
+
 #: evaluator settings implied by the file's `dataset` attribute
 DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
     "sevir": {"name": "sevir", "frame_minutes": 5},
@@ -31,6 +38,7 @@ DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
 }
 GRID_DIMS = (("y", "x"), ("lat", "lon"))
 NAN_POLICIES = ("fail", "exclude")
+RANGE_POLICIES = ("warn", "fail")
 META_VARIABLES = ("event_type", "init_month", "target_mean_intensity")
 
 
@@ -47,11 +55,14 @@ def evaluate_stored(
     evaluator_cfg: Any = None,
     chunk_size: int = 16,
     nan_policy: str = "fail",
+    range_policy: str = "warn",
 ) -> tuple[dict[str, float | int | None], pd.DataFrame, pd.DataFrame]:
     """Score the stored forecast at `path`; returns (metrics, by-lead table, by-group table)."""
     path = Path(path)
     if nan_policy not in NAN_POLICIES:
         raise UserError(f"nan_policy is {nan_policy!r}; use 'fail' or 'exclude'")
+    if range_policy not in RANGE_POLICIES:
+        raise UserError(f"range_policy is {range_policy!r}; use 'warn' or 'fail'")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not path.is_file():
@@ -72,7 +83,12 @@ def evaluate_stored(
                 if name not in dataset.coords:
                     raise UserError(f"{path}: dim {name!r} has no coordinate values; store {name} in degrees")
                 static_meta[name] = torch.as_tensor(dataset[name].values.astype(np.float64))
-        excluded = _stream(dataset, layout, evaluator, static_meta, chunk_size, nan_policy, path)
+        excluded, extremes = _stream(dataset, layout, evaluator, static_meta, chunk_size, nan_policy, path)
+    problem = _range_problem(evaluator, extremes, path)
+    if problem and range_policy == "fail":
+        raise UserError(f"{problem}; convert the file to those units, or score it anyway with range_policy=warn")
+    if problem:
+        log.warning("warning: %s; scored anyway (range_policy=fail refuses such files)", problem)
     if not evaluator.update_called:
         raise UserError(f"{path}: no samples left to score — all {layout.n_samples} contain NaN/inf values")
     metrics = dict(evaluator.compute())
@@ -154,6 +170,7 @@ def _stream(
     if layout.has_context:
         variables["context"] = dataset["context"].transpose("sample", "context_time", *grid)
     bad_values = dict.fromkeys(variables, 0)
+    extremes = {name: [np.inf, -np.inf] for name in ("prediction", "target")}
     bad_samples: list[int] = []
     for start in range(0, layout.n_samples, chunk_size):
         window = slice(start, min(start + chunk_size, layout.n_samples))
@@ -164,6 +181,9 @@ def _stream(
             bad = ~np.isfinite(array)
             bad_values[name] += int(bad.sum())
             finite &= ~bad.reshape(bad.shape[0], -1).any(axis=1)
+            if name in extremes and not bad.all():
+                values = array[~bad]
+                extremes[name] = [min(extremes[name][0], float(values.min())), max(extremes[name][1], float(values.max()))]
         bad_samples.extend((np.flatnonzero(~finite) + start).tolist())
         if nan_policy == "fail" and bad_samples:
             continue  # keep counting so the error reports the whole file
@@ -179,7 +199,24 @@ def _stream(
             f"{path}: {sum(bad_values.values())} NaN/inf values in {len(bad_samples)} of {layout.n_samples} "
             f"samples ({counts}; first at sample {bad_samples[0]}); fix the file or use nan_policy='exclude'"
         )
-    return len(bad_samples)
+    return len(bad_samples), extremes
+
+
+def _range_problem(evaluator: Any, extremes: dict[str, list[float]], path: Path) -> str | None:
+    """Why the stored values look like other units than the evaluator's (one line), or None."""
+    if evaluator.VALUE_RANGE is None:
+        return None
+    low, high, units = evaluator.VALUE_RANGE
+    outside = [f"{name} spans {lo:.4g}..{hi:.4g}" for name, (lo, hi) in extremes.items()
+               if np.isfinite(lo) and (lo < low or hi > high)]
+    if outside:
+        return (f"{path}: {' and '.join(outside)}, outside the {units} that evaluator={type(evaluator).__name__} "
+                f"scores; the file holds other units")
+    lo, hi = extremes["target"]
+    if np.isfinite(lo) and max(abs(lo), abs(hi)) < 0.01 * (high - low):
+        return (f"{path}: the target peaks at {max(abs(lo), abs(hi)):.4g}, under 1% of the {units} that "
+                f"evaluator={type(evaluator).__name__} scores; it looks rescaled (e.g. VIL/255 instead of 0–255)")
+    return None
 
 
 def _chunk_meta(dataset: xr.Dataset, window: slice, keep: np.ndarray, path: Path) -> dict[str, Any]:
