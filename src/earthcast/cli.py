@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         _fail("", UserError(f"unknown subcommand {name!r}; choose one of {', '.join(COMMANDS)} (earthcast --help)"))
     GUARD.install()  # from here on SIGTERM and SIGINT stop with one line and 128 + the signal number
+    REPLAYED.clear()
     user_setting = os.environ.get("HYDRA_FULL_ERROR")
     try:
         command = load(name)
@@ -126,7 +127,9 @@ def _run_hydra(name: str, command, words: list[str], checkpoint, program: str, u
     try:
         app()
     except OSError as err:
-        if started:
+        from hydra.errors import HydraException
+
+        if started or isinstance(err, HydraException):  # Hydra's MissingConfigException is an IOError too
             raise
         from earthcast.rundir import WHERE_TO_WRITE, describe_os_error
 

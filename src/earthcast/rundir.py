@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 from earthcast.errors import UserError
-
-log = logging.getLogger("earthcast")
 
 LOCK_NAME = ".earthcast.lock"
 #: SLURM job names of interactive allocations, where a shell runs many unrelated commands (as Lightning treats them)
@@ -108,8 +106,9 @@ class RunLock:
                 raise UserError(_in_use(self.run_dir, holder))
             if holder and not _flock_supported(fd) and not _stale(holder):
                 raise UserError(_in_use(self.run_dir, holder) + f"; if that process is gone, delete {self.path}")
-            if holder:
-                log.warning("taking over the stale lock of %s (%s)", self.run_dir, _who(holder))
+            if holder:  # printed: Hydra may not have configured logging yet
+                print(f"earthcast: taking over the stale lock of {self.run_dir} ({_who(holder)}: not running)",
+                      file=sys.stderr)
             _write(fd, {"pid": os.getpid(), "host": socket.gethostname(), "command": f"earthcast {self.command}",
                         "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id(),
                         "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0")})

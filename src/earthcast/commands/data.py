@@ -39,8 +39,9 @@ def prepare(words: list[str]) -> list[str]:
 def run(cfg: DictConfig, checkpoint: Checkpoint | None = None):
     action = str(cfg.action)
     if action == "synth":
-        root, made = data.synthesize(cfg.dataset, force=bool(cfg.force))
-        console.print(f"synthetic {cfg.dataset.name} dataset at {root}" if made else
+        existed = Path(cfg.dataset.root).exists() and not cfg.force
+        root = data.synthesize(cfg.dataset, force=bool(cfg.force))
+        console.print(f"synthetic {cfg.dataset.name} dataset at {root}" if not existed else
                       f"synthetic {cfg.dataset.name} dataset at {root} is up to date (same settings); "
                       f"force=true generates it again")
         return root

@@ -57,6 +57,8 @@ class StopOnSignal(Callback):
     # -- step and epoch boundaries
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._requested(trainer):
+            # the step's own log row: Lightning writes it right after this hook, which the stop skips
+            trainer._logger_connector.update_train_step_metrics()
             self._stop(trainer, self._save(trainer))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
