@@ -45,10 +45,14 @@ class AtomicFile:
         return self.begin()
 
     def __exit__(self, error_type, error, traceback) -> None:
-        if error_type is None:
-            self.commit()
-        else:
+        if error_type is not None:
             self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
 
     def commit(self) -> Path:
         if self.durable:
