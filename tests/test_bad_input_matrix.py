@@ -73,6 +73,12 @@ def _twin_without_catalog(tmp: Path, ctx: dict) -> None:
     (tmp / "data" / "sevir_synth" / "CATALOG.csv").unlink()
 
 
+def _test_file_missing(tmp: Path, ctx: dict) -> None:
+    """A copy of the twin without the file that holds only test-split events (after 2019-06-01)."""
+    shutil.copytree(ctx["data"] / "sevir_synth", tmp / "data" / "sevir_synth")
+    (tmp / "data" / "sevir_synth" / "data" / "vil" / "2019" / "SEVIR_VIL_STORMEVENTS_2019_0701_1231.h5").unlink()
+
+
 def _replayed_unknown_key(tmp: Path, ctx: dict) -> None:
     content = torch.load(ctx["ckpt"], weights_only=True)
     content["earthcast"]["overrides"].append("model.retired_option=3")
@@ -192,6 +198,8 @@ CASES = [
          ("generated with other settings", "dataset.synth.n_events: 24 there, 30 asked")),
     Case("twin-missing-catalog", (*TRAIN[:-2], "paths.data_root={tmp}/data", "hydra.run.dir={tmp}/run"),
          ("CATALOG.csv is missing", "earthcast data synth force=true"), setup=_twin_without_catalog),
+    Case("test-split-file-missing", (*TRAIN[:-2], "paths.data_root={tmp}/data", "hydra.run.dir={tmp}/run"),
+         ("SEVIR_VIL_STORMEVENTS_2019_0701_1231.h5", "is missing"), setup=_test_file_missing),  # before the fit
     Case("sevirlr-missing-src", ("data", "sevirlr", "src={tmp}/nosevir", "dst={tmp}/lr"),
          ("SEVIR root", "nosevir", "set src=")),
     # -- stored forecasts

@@ -3,6 +3,7 @@ command writes there, a dead holder's lock taken over."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -49,6 +50,15 @@ def test_unwritable_places_are_one_line_errors(tmp_path):
             check_writable(place)
         assert "hydra.run.dir=" in str(error.value) and "\n" not in str(error.value)
     assert check_writable(tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())
+
+
+def test_a_read_only_filesystem_is_named(tmp_path, monkeypatch):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr("pathlib.Path.mkdir", read_only)
+    with pytest.raises(UserError, match=f"cannot write the run directory {tmp_path}/run .Read-only file system"):
+        check_writable(tmp_path / "run")
 
 
 def test_a_second_process_is_refused_and_a_released_lock_is_free(tmp_path):

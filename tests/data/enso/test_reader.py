@@ -109,7 +109,7 @@ def test_overlap_mismatch_names_file_model_and_record(tmp_path):
     assert "CMIP_train.nc" in message and "CMIP5-1" in message and "record 2" in message
 
 
-def test_nan_sst_is_filled_and_reported(tmp_path):
+def test_nan_sst_is_filled_and_reported(tmp_path, caplog):
     root = write_root(tmp_path / "nan")
     with xr.open_dataset(root / "CMIP_train.nc") as ds:
         data = ds.load()
@@ -117,7 +117,10 @@ def test_nan_sst_is_filled_and_reported(tmp_path):
     data["sst"][0, 20, 2, 30] = np.nan  # month 20 also in record 2: filled from there
     data.to_netcdf(root / "CMIP_train.nc")
     dm = EnsoDataModule(config(root))
-    dm.setup("fit")
+    with caplog.at_level("WARNING", logger="earthcast"):
+        dm.setup("fit")
+    assert f"{root / 'CMIP_train.nc'} model" in caplog.text and "1 NaN SST values" in caplog.text
+    assert "read as 0 °C anomaly" in caplog.text  # never silently
     first = dm.series("train")[0]
     assert first.sst[5, 2, 30 - 19] == 0.0 and first.sst_nan == 1
     assert first.sst[20, 2, 30 - 19] == pytest.approx(100 + 20 + 0.15, abs=1e-4)
