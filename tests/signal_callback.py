@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import Callback
 
 
 class SendSignal(Callback):
-    def __init__(self, name: str, step: int | None = None, test_batch: int | None = None):
+    def __init__(self, name: str, step: int | None = None, test_batch: int | None = None,
+                 val_batch: int | None = None):
         self.signum = signal.Signals[f"SIG{name}"]
-        self.step, self.test_batch = step, test_batch
+        self.step, self.test_batch, self.val_batch = step, test_batch, val_batch
 
     def _send(self, trainer) -> None:
         marker = Path(trainer.default_root_dir) / f".signal-sent-{self.signum.name}"
@@ -25,6 +26,10 @@ class SendSignal(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.step is not None and trainer.global_step == self.step:
+            self._send(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.val_batch is not None and batch_idx == self.val_batch and not trainer.sanity_checking:
             self._send(trainer)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:

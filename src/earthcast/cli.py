@@ -33,7 +33,7 @@ from earthcast.signals import GUARD, Stopped
 
 #: commands that write into a run directory of their own, which is therefore locked while they run
 WRITES_RUN_DIR = ("train", "eval", "predict", "sample")
-#: write errors that the user fixes (space, permissions, a read-only or missing place): one line, not a traceback
+#: file errors the user fixes (space, permissions, a read-only place, a file for a directory): one line
 WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
 #: keys whose override came from the ckpt_path= checkpoint rather than the command line → that checkpoint
 REPLAYED: dict = {}
@@ -159,8 +159,9 @@ def _early_lock(name: str, words: list[str]):
     """An explicit run directory (a resume names its own) is locked before Hydra writes .hydra/ into it, so a
     second process never overwrites the record of the run in progress."""
     run_dir = value_of(words, "hydra.run.dir")
-    if name not in WRITES_RUN_DIR or not run_dir or _is_sweep(words) or any(w.startswith("--") for w in words):
-        return nullcontext()
+    if (name not in WRITES_RUN_DIR or not run_dir or "${" in run_dir or _is_sweep(words)
+            or any(w.startswith("--") for w in words)):
+        return nullcontext()  # no directory yet, or one Hydra has to resolve: locked once the job starts
     from earthcast.rundir import RunLock
 
     return RunLock(run_dir, name)
@@ -220,8 +221,8 @@ def _user_problem(err: Exception, name: str) -> UserError | None:
     if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
         from earthcast.rundir import describe_os_error
 
-        return UserError(f"cannot write ({describe_os_error(err)}); free space or fix the permissions there, "
-                         f"or write elsewhere (hydra.run.dir=, paths.output_root=)")
+        return UserError(f"{describe_os_error(err)}; check that path (free space, permissions, a directory where a "
+                         f"file belongs), or write elsewhere with hydra.run.dir= / paths.output_root=")
     return None
 
 

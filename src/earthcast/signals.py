@@ -72,6 +72,12 @@ class SignalGuard:
                 signal.signal(signum, self._handle)
                 self.installed.add(int(signum))
 
+    def reclaim(self, signum: int) -> None:
+        """Handle `signum` here alone again (Lightning's trainer adds its own SIGTERM handler, which would end
+        a validation loop mid-way instead of letting the training loop reach its step boundary)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signum, self._handle)
+
     def reset(self) -> None:
         self.received, self.deferring = None, False
 

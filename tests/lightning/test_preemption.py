@@ -67,15 +67,20 @@ def uninterrupted(workdir, data_root) -> tuple[dict, pd.DataFrame]:
     return outcome(run_dir)
 
 
-def test_sigterm_mid_epoch_saves_last_ckpt_and_the_resume_matches(workdir, data_root, uninterrupted, tmp_path):
+@pytest.mark.parametrize("at,saved_step,where", [({"step": 4}, 5, "at step 5 (epoch 1)"),
+                                                 ({"val_batch": 0}, 3, "at step 3, after epoch 0")],
+                         ids=["mid-epoch", "validation"])
+def test_sigterm_saves_last_ckpt_and_the_resume_matches(workdir, data_root, uninterrupted, tmp_path, at, saved_step,
+                                                        where):
+    """Mid-epoch: the step the signal arrived in finishes, then last.ckpt. During validation: the validation and
+    its epoch finish (ModelCheckpoint saves best.ckpt and last.ckpt), then the run stops."""
     run_dir = tmp_path / "run"
     stopped = earthcast("train", *SHORT, f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
-                        *send("TERM", step=4), cwd=tmp_path, check=False, env=SIGNAL_ENV)
+                        *send("TERM", **at), cwd=tmp_path, check=False, env=SIGNAL_ENV)
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert_stopped(stopped, 143, "stopped by SIGTERM at step 5 (epoch 1)", f"saved {last}",
-                   f"resume with: earthcast train ckpt_path={last}")
-    saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] == 5  # the step the signal arrived in finished, mid-epoch
+    assert_stopped(stopped, 143, f"stopped by SIGTERM {where}",
+                   f"saved {last}", f"resume with: earthcast train ckpt_path={last}")
+    assert torch.load(last, weights_only=True)["global_step"] == saved_step
     assert not (run_dir / "metrics.json").exists() and not list(run_dir.rglob("*.tmp"))
     earthcast("train", f"ckpt_path={last}", cwd=tmp_path, env=SIGNAL_ENV)
     assert_same_run(run_dir, uninterrupted)

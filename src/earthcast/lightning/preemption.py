@@ -7,8 +7,8 @@ The signal reaches earthcast.signals.GUARD, which defers while the training loop
 training batch the ranks agree whether any of them got one (one all-reduce of a flag under DDP, so every rank
 saves the same step), and `last.ckpt` is written through Lightning's trainer.save_checkpoint — atomically
 (CheckpointReadOnce), with the optimizer, schedules, loop progress, the loader's position and the RNG states —
-exactly as a ModelCheckpoint saving every n steps would. A signal that arrives during validation stops when the
-validation ends, where ModelCheckpoint has just saved last.ckpt.
+exactly as a ModelCheckpoint saving every n steps would. A signal that arrives during validation ends the fit
+after that epoch, like early stopping, once ModelCheckpoint has saved the epoch's best.ckpt and last.ckpt.
 
 The requeue is `scontrol requeue <job>`, as Lightning's SLURM connector and submitit do it; under
 hydra/launcher=slurm the requeued job runs the same pickled sweep job, in the same sweep directory.
@@ -41,12 +41,16 @@ class StopOnSignal(Callback):
         if stage == "fit":
             GUARD.deferring = True
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        GUARD.reclaim(signal.SIGTERM)  # the ranks agree through _requested() at every step instead
+
     def on_exception(self, trainer, pl_module, exception) -> None:
         GUARD.deferring = False
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._requested(trainer):  # during the last validation, which ModelCheckpoint followed with a save
-            self._stop(trainer, self._saved_at_this_step(trainer) or self._save(trainer))
+        if self._requested(trainer):  # after a validation (see on_train_epoch_end), its epoch saved
+            self._stop(trainer, self._saved_at_this_step(trainer) or self._save(trainer),
+                       f"at step {trainer.global_step}, after epoch {trainer.current_epoch - 1}")
         GUARD.deferring = False
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -59,11 +63,13 @@ class StopOnSignal(Callback):
         if self._requested(trainer):
             # the step's own log row: Lightning writes it right after this hook, which the stop skips
             trainer._logger_connector.update_train_step_metrics()
-            self._stop(trainer, self._save(trainer))
+            self._stop(trainer, self._save(trainer), f"at step {trainer.global_step} (epoch {trainer.current_epoch})")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._requested(trainer):
-            self._stop(trainer, self._saved_at_this_step(trainer) or self._save(trainer))
+            # after validation: end the fit the way early stopping does, so that ModelCheckpoint (which runs
+            # after this callback) still saves this epoch's best and last; on_train_end then stops
+            trainer.should_stop = True
 
     def _requested(self, trainer) -> bool:
         return bool(trainer.strategy.reduce_boolean_decision(GUARD.received is not None, all=False))
@@ -85,10 +91,9 @@ class StopOnSignal(Callback):
             saver.last_model_path, saver._last_global_step_saved = str(path), trainer.global_step
         return path
 
-    def _stop(self, trainer, saved: Path) -> None:
+    def _stop(self, trainer, saved: Path, where: str) -> None:
         GUARD.deferring = False
         signum = GUARD.received or signal.SIGTERM  # a rank that got none stops with the rank that did
-        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
         resume = f"resume with: earthcast train ckpt_path={saved}"
         job = slurm_job_id()
         if signum != self.requeue_signal or job is None:
