@@ -25,6 +25,13 @@ TINY_TRAIN = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_
               "outputs.plot_samples=1", "outputs.max_prediction_samples=4", "callbacks.progress_bar=null"]
 
 
+# dataset=gridded on a tiny synthetic store: 16×16, three months of 6-hourly SST, a masked continent
+TINY_GRIDDED = ["dataset=gridded_synth", "evaluator=gridded", "dataset.synth.height=16", "dataset.synth.width=16",
+                "dataset.synth.end=2021-04-01", "dataset.splits.train=[null,'2021-03-01']",
+                "dataset.splits.val=['2021-03-01','2021-03-15']", "dataset.splits.test=['2021-03-15',null]",
+                "dataset.batch_size=4", "dataset.eval_batch_size=4"]
+
+
 def compose_config(overrides, name: str = "train"):
     """The config `earthcast <name> <overrides>` would run with (hydra node included), without running it."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -139,6 +146,31 @@ def trained_run(workdir, data_root) -> Path:
     earthcast("train", *TINY_DATA, *TINY_TRAIN, f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
               cwd=workdir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def gridded_data_root(workdir) -> Path:
+    root = workdir / "data_gridded"
+    earthcast("data", "synth", *TINY_GRIDDED, f"paths.data_root={root}", cwd=workdir)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gridded_run(workdir, gridded_data_root) -> Path:
+    """A UNet trained on the tiny gridded store."""
+    run_dir = workdir / "runs" / "gridded_unet"
+    earthcast("train", *TINY_GRIDDED, *TINY_TRAIN, f"paths.data_root={gridded_data_root}", f"hydra.run.dir={run_dir}",
+              cwd=workdir, env={"OMP_NUM_THREADS": "1"})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def full_eval(trained_run, workdir) -> Path:
+    """The trained checkpoint scored on the whole test split (5 events), every forecast stored."""
+    out = workdir / "runs" / "eval_full"
+    earthcast("eval", f"ckpt_path={trained_run}/checkpoints/best.ckpt", "trainer.limit_test_batches=null",
+              "outputs.max_prediction_samples=null", f"hydra.run.dir={out}", cwd=workdir)
+    return out
 
 
 # -- PreDiff at toy size: 8×8 frames, 3 → 2 frames, 4×4×2 latents, 100 diffusion steps ----------------------

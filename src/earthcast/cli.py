@@ -46,6 +46,9 @@ examples:
   earthcast train ckpt_path=<run>/checkpoints/last.ckpt   # resume
   earthcast eval ckpt_path=<run>/checkpoints/best.ckpt
   earthcast data synth dataset=enso_synth
+  earthcast train dataset=gridded dataset.path='era5/*.nc' dataset.variable=t2m evaluator=gridded ...
+  earthcast predict ckpt_path=<run>/checkpoints/best.ckpt inputs=latest.nc   # no targets needed
+  earthcast runs outputs/train                      # past runs: status, scores, overrides
   earthcast info model=earthformer_sevir dataset=sevir
   earthcast convert weights=earthformer_sevir.pt model=earthformer_sevir dataset=sevir
 
@@ -175,16 +178,21 @@ def _check_sweep(name: str, words: list[str]) -> None:
     """Every job of a basic sweep composed and validated before the first one starts: a bad later value fails
     in one line now, not after the earlier jobs ran."""
     overrides = [word for word in words if is_override(word)]
-    if any(w.startswith("--") for w in words) or any(override_key(o).startswith("hydra/sweeper") for o in overrides):
+    if any(w.startswith("--") for w in words) or any(override_key(o).startswith(("hydra/sweeper", "hparams_search"))
+                                                     for o in overrides):
         return  # Hydra's info/config views, or a sweeper that draws its own values
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     from earthcast.validation import validate
 
-    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
-            for job in batch]
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    except (HydraException, ValueError):
+        return  # sweep syntax of another sweeper: Hydra reports what it cannot read
+    jobs = [job for batch in batches for job in batch]
     swept = {override_key(o) for o in overrides if "," in o.split("=", 1)[1]}
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for number, job in enumerate(jobs):

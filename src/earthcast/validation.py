@@ -96,7 +96,7 @@ RULES: dict[str, Rule] = {
     "members": COUNT,
     "max_batches": Rule(int, low=1, nullable=True),
     "chunk_size": COUNT,
-    "nan_policy": Rule(str, choices=("fail", "exclude")),
+    "nan_policy": Rule(str, choices=("fail", "exclude", "mask"), nullable=True),
     "range_policy": Rule(str, choices=("warn", "fail")),
     "preemption.requeue": Rule(bool),
 }
@@ -208,6 +208,8 @@ def _check_precision(precision: Any) -> None:
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: commands that keep no run directory of their own (they write where they are told, or nothing)
+READ_ONLY_COMMANDS = ("data", "runs")
 
 
 def _check_accelerator(accelerator: Any, devices: Any) -> None:
@@ -272,7 +274,7 @@ def _check_outputs(cfg, command: str) -> None:
     from earthcast.rundir import check_writable
 
     run_dir = _select(cfg, "paths.output_dir")
-    if isinstance(run_dir, str) and command not in ("data",):
+    if isinstance(run_dir, str) and command not in READ_ONLY_COMMANDS:
         check_writable(run_dir)
     dirpath = _select(cfg, "callbacks.model_checkpoint.dirpath")
     if command == "train" and isinstance(dirpath, str):

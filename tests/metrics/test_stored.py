@@ -96,7 +96,7 @@ def test_sevirlr_ensemble_any_dim_order(tmp_path):
     stored = evaluate_stored(path, chunk_size=3)
     _assert_same(stored, _direct(SevirEvaluator(frame_minutes=10), dataset))
     metrics, by_lead, _ = stored
-    assert {"crps", "spread_skill", "rank_hist_0", "rank_hist_3"} <= metrics.keys()
+    assert {"crps", "spread_skill_ratio", "rank_hist_0", "rank_hist_3"} <= metrics.keys()
     assert by_lead["lead_minutes"].tolist() == [10, 20, 30]
 
 
@@ -167,7 +167,7 @@ def test_file_errors(tmp_path):
     "change, message",
     [
         (lambda ds: ds.drop_vars("target"), "no variable 'target'"),
-        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, lead_time, y, x\\)"),
+        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, \\[member,\\] lead_time, <y>, <x>\\)"),
         (lambda ds: ds.assign(prediction=ds["prediction"].rename({"y": "row"})), "prediction must have"),
         (lambda ds: ds.assign(context=ds["context"].isel(y=0)), "'context' has dims"),
         (lambda ds: ds.assign(event_type=ds["context"]), "'event_type' has dims"),

@@ -3,6 +3,8 @@
     earthcast data synth dataset=sevir_synth                  # the twin at dataset.root (force=true: again)
     earthcast data sevirlr src=<SEVIR root> dst=<new root>    # every 2nd frame, 3×3 max pooling
     earthcast data check dataset=sevir paths.data_root=...     # what the reader will see, problems listed
+    earthcast data check dataset=gridded dataset.path=era5/*.nc dataset.variable=t2m   # shapes, coverage, gaps
+    earthcast data synth dataset=gridded_synth                # an example store for dataset=gridded
 
 `data check` prints its report and exits 2 when it found a problem (0 when the root is usable), so a batch
 script can use it as a gate. `data synth` on a root that already holds the twin with the same settings says so
@@ -70,12 +72,17 @@ def _print_report(report: dict) -> None:
     table = Table(title=f"{report['dataset']} at {report['root']}")
     table.add_column("split")
     splits = report.get("splits", {})  # a root that failed early has none
-    columns = [k for k in ("events", "models", "sequences", "samples")
+    columns = [k for k in ("range", "first", "last", "frames", "events", "models", "sequences", "samples", "gaps",
+                           "nan_fraction")
                if any(isinstance(v, dict) and k in v for v in splits.values())]
     for column in columns:
         table.add_column(column, justify="right")
     for split, facts in splits.items():
         table.add_row(split, *[str(facts.get(c, "")) for c in columns])
     console.print(table)
+    facts = [f"{key} {report[key]}" for key in ("variable", "dims", "shape", "time_step", "first", "last", "gaps",
+                                                 "nan_fraction") if key in report]
+    if facts:
+        console.print("  " + "; ".join(facts))
     for note in report["notes"]:
         console.print(f"  note: {note}")

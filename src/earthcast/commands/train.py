@@ -111,4 +111,15 @@ def fit_and_test(cfg: DictConfig, checkpoint: Checkpoint | None, run_dir: Path) 
             "report": run_dir / "report.md",
             "logs": run_dir / "logs",
         })
-    return scores
+    return optimized_value(trainer, str(cfg.optimized_metric)) if cfg.optimized_metric else scores
+
+
+def optimized_value(trainer, name: str) -> float:
+    """The value a sweeper optimises: the best score of the monitored metric, else its last logged value."""
+    saver = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if saver is not None and saver.monitor == name and saver.best_model_score is not None:
+        return float(saver.best_model_score)
+    if name in trainer.callback_metrics:
+        return float(trainer.callback_metrics[name])
+    logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+    raise UserError(f"optimized_metric={name} was not logged by this run (logged: {logged})")

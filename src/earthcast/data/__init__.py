@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from earthcast.config import plain
-from earthcast.data import enso, sevir  # noqa: F401 - register readers, twins and checkers
+from earthcast.data import enso, gridded, sevir  # noqa: F401 - register readers, twins and checkers
 from earthcast.data.base import CHECKERS, DATASETS, SYNTHESIZERS, TWIN_RECORD, ForecastDataModule
 from earthcast.errors import UserError
 from earthcast.rundir import global_rank
@@ -100,11 +100,12 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
 
 
 def build_datamodule(cfg_dataset, split: str | None = None) -> ForecastDataModule:
-    """The LightningDataModule for cfg_dataset.name (generating a synthetic twin first if needed); with
-    `split`, its test and predict loaders serve that split."""
+    """The LightningDataModule for cfg_dataset.name, or the ForecastDataModule subclass cfg_dataset._target_
+    names (a synthetic twin is generated first if needed); with `split`, its test and predict loaders serve
+    that split."""
     cfg = plain(cfg_dataset)
     ensure_dataset(cfg)
-    return DATASETS.get(str(cfg["name"]))(cfg, split)
+    return DATASETS.build_from(cfg)(cfg, split)
 
 
 def check(cfg_dataset) -> dict:

@@ -9,12 +9,13 @@ Each batch is a dict:
 A datamodule also provides
     units     `PhysicalUnits`: the model scale back to physical units (SEVIR: VIL 0–255; ENSO: °C), for
               the evaluators, stored forecasts and figures
-    describe() a dict of facts for reports (name, frame interval in minutes, grid, split sizes).
+    describe() a dict of facts for reports (name, frame interval in minutes, grid, split sizes)
+    forecast_layout()  how its forecasts are described in forecast files (ForecastLayout)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ class PhysicalUnits:
 
     def to_model(self, value):
         return (value - self.offset) / self.scale if self.offset else value / self.scale
+
+
+@dataclass
+class ForecastLayout:
+    """How a dataset's forecasts are described in a forecast file (earthcast.data.forecast_file): the grid's
+    dims, their coordinate values with CF attributes (dim → (values, attrs); a grid without them, e.g. ENSO's
+    per-batch lat/lon, takes them from the batches), the time between frames (None: leads are counted in
+    `lead_units`), the forecast variable's attributes (units, long_name, standard_name) and global attributes."""
+
+    grid: tuple[str, str] = ("y", "x")
+    coords: dict[str, tuple[Any, dict]] = field(default_factory=dict)
+    frame: Any = None  # pandas.Timedelta
+    lead_units: str = "1"
+    variable: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluation_sampler(dataset, world_size: int | None = None, rank: int | None = None) -> Sampler | None:
@@ -190,3 +206,6 @@ class ForecastDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def forecast_layout(self) -> ForecastLayout:
+        return ForecastLayout()

@@ -68,7 +68,8 @@ class Checkpoint:
 
     @property
     def converted_from(self) -> dict | None:
-        """The published weight file an `earthcast convert` checkpoint was made from (name, sha256)."""
+        """The published weight file(s) an `earthcast convert` checkpoint was made from: {file, sha256}, or for
+        PreDiff one such entry per network ({vae: ..., denoiser: ..., align: ...})."""
         return self.content.get("earthcast", {}).get("converted_from")
 
     def load_weights(self, module) -> None:

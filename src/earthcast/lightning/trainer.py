@@ -43,6 +43,24 @@ log = logging.getLogger(__name__)
 NATIVE_BF16 = "bf16-mixed-if-native"
 FIT_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, LearningRateMonitor, WeightAveraging)
 MONITOR_MODES = ("max", "min")
+#: loggers a resumed run continues from its checkpoint's step (earthcast.lightning.trainer.build_loggers)
+CONTINUED_LOGGERS = ("earthcast.lightning.loggers.ContinuingCSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")
+
+
+#: loggers that need an optional dependency: logger name → the extra that installs it
+LOGGER_EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def build_logger(name: str, node, **options):
+    """One logger of cfg.logger (`options`: extra keyword arguments); a logger whose package is missing is a
+    one-line error naming the extra."""
+    try:
+        return instantiate(node, **options)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the logger's ImportError in its own exception
+        cause = err.__cause__ or err
+        if name in LOGGER_EXTRAS and isinstance(cause, ImportError | ModuleNotFoundError):
+            raise UserError(f"logger={name} needs its package: pip install 'earthcast[{LOGGER_EXTRAS[name]}]'") from None
+        raise
 
 
 def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None = None,
@@ -94,20 +112,20 @@ def stop_on_signal(cfg: DictConfig) -> StopOnSignal:
 def build_loggers(cfg: DictConfig, checkpoint: Checkpoint | None) -> list:
     """cfg.logger's loggers; resuming from `checkpoint`, each continues its log from the checkpoint's step: a CSV
     log keeps the rows it held at the save, TensorBoard hides events from the checkpoint's step on (purge_step)."""
-    record = (checkpoint.content.get("earthcast", {}) if checkpoint else {})
-    rows = record.get("log_rows", {})
+    rows = (checkpoint.content.get("earthcast", {}) if checkpoint else {}).get("log_rows", {})
     loggers = []
-    for node in (cfg.logger or {}).values():
+    for name, node in (cfg.logger or {}).items():
         if not node or "_target_" not in node:
             continue
-        target = get_class(node["_target_"])
         options = {}
-        if checkpoint is not None and issubclass(target, ContinuingCSVLogger):
-            metrics = Path(node["save_dir"]) / node["name"] / str(node["version"]) / "metrics.csv"
-            options["keep_rows"] = rows.get(os.path.relpath(metrics, cfg.paths.output_dir))
-        if checkpoint is not None and issubclass(target, TensorBoardLogger):
-            options["purge_step"] = int(checkpoint.content.get("global_step", 0))
-        loggers.append(instantiate(node, **options))
+        if checkpoint is not None and node["_target_"] in CONTINUED_LOGGERS:
+            target = get_class(node["_target_"])
+            if issubclass(target, ContinuingCSVLogger):
+                metrics = Path(node["save_dir"]) / node["name"] / str(node["version"]) / "metrics.csv"
+                options["keep_rows"] = rows.get(os.path.relpath(metrics, cfg.paths.output_dir))
+            if issubclass(target, TensorBoardLogger):
+                options["purge_step"] = int(checkpoint.content.get("global_step", 0))
+        loggers.append(build_logger(name, node, **options))
     return loggers
 
 

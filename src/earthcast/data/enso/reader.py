@@ -29,7 +29,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import Dataset
 
-from earthcast.data.base import DATASETS, ForecastDataModule, PhysicalUnits
+from earthcast.data.base import DATASETS, ForecastDataModule, ForecastLayout, PhysicalUnits
 from earthcast.data.enso.archive import GROUPS, EnsoArchive, ModelSeries, ModelSlot, count_windows
 from earthcast.errors import UserError
 
@@ -208,6 +208,11 @@ class EnsoDataModule(ForecastDataModule):
             raise UserError(f"dataset.splits.{split} yields no samples: its series are shorter than "
                             f"in_len + out_len = {self.in_len + self.out_len} months")
         return windows
+
+    def forecast_layout(self) -> ForecastLayout:
+        """lat/lon come with every batch; leads are calendar months."""
+        return ForecastLayout(grid=("lat", "lon"), lead_units="month",
+                              variable={"units": "K", "long_name": "sea surface temperature anomaly"})
 
     # ---- reporting -------------------------------------------------------------------------------------
     def describe(self) -> dict:

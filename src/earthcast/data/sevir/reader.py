@@ -28,11 +28,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from earthcast.data.base import DATASETS, SPLITS, ForecastDataModule, PhysicalUnits
+from earthcast.data.base import DATASETS, SPLITS, ForecastDataModule, ForecastLayout, PhysicalUnits
 from earthcast.errors import UserError
 
 #: the catalog columns the reader relies on (the real catalog has more; see sevir_synth.CATALOG_COLUMNS)
 REQUIRED_COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc", "event_type", "pct_missing")
+#: the catalog's patch corners (degrees), written beside each stored forecast
+CORNER_COLUMNS = ("llcrnrlat", "llcrnrlon", "urcrnrlat", "urcrnrlon")
+#: side of a SEVIR patch in km (384 pixels of 1 km; SEVIR-LR: 128 of 3 km)
+PATCH_KM = 384.0
 #: pixel value → model scale, float32(v) / 255 exactly as a division would give
 _SCALED_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
@@ -193,6 +197,16 @@ class SevirSequences(Dataset):
         self.event_type = events["event_type"].astype(str).tolist()
         self.time_utc = [t.isoformat() for t in events["time_utc"]]
         self.starts = list(starts)
+        # the catalog's frame offsets (minutes from time_utc) give each forecast's init time; corners its place
+        self.init_times = None
+        if "minute_offsets" in events:
+            offsets = [[int(m) for m in str(text).split(":")] if isinstance(text, str) else None
+                       for text in events["minute_offsets"]]
+            if all(o is not None and len(o) > max(self.starts) + in_len - 1 for o in offsets):
+                self.init_times = [[(t + pd.Timedelta(minutes=o[start + in_len - 1])).isoformat() for start in
+                                    self.starts] for t, o in zip(events["time_utc"], offsets)]
+        self.corners = {key: pd.to_numeric(events[key], errors="coerce").tolist() for key in CORNER_COLUMNS
+                        if key in events}
         self._handles: dict[str, tuple[h5py.File, h5py.Dataset]] = {}  # file name → (file, its "vil")
         self._handles_pid: int | None = None
 
@@ -241,9 +255,12 @@ class SevirSequences(Dataset):
         # a 256-entry table turns uint8 into VIL/255 in one gather, the cheapest of the conversions we timed
         x = torch.from_numpy(_SCALED_VALUES[np.ascontiguousarray(frames)]).unsqueeze(-1)
         event, seq = divmod(index, len(self.starts))
-        return {"inputs": x[:self.in_len], "targets": x[self.in_len:], "event_id": self.event_id[event],
+        item = {"inputs": x[:self.in_len], "targets": x[self.in_len:], "event_id": self.event_id[event],
                 "event_type": self.event_type[event], "time_utc": self.time_utc[event],
-                "seq_start": self.starts[seq]}
+                "seq_start": self.starts[seq], **{key: values[event] for key, values in self.corners.items()}}
+        if self.init_times is not None:
+            item["init_time"] = self.init_times[event][seq]
+        return item
 
     def close(self) -> None:
         if self._handles_pid == os.getpid():
@@ -301,6 +318,22 @@ class SevirDataModule(ForecastDataModule):
                 "out_len": self.out_len, "stride": self.stride, "frames_per_event": self.frames_per_event,
                 "splits": {split: {"range": str(self.split_ranges[split]), **size}
                            for split, size in self.split_sizes().items()}}
+
+    def forecast_layout(self) -> ForecastLayout:
+        """x/y: pixel centres in km from the patch's lower-left corner (its lat/lon: llcrnrlat/llcrnrlon per
+        sample); row 0 is the top (northern) edge of SEVIR's images, so y decreases down the rows."""
+        km = PATCH_KM / self.width
+        comment = ("offset within the patch, whose lower-left corner (llcrnrlat, llcrnrlon per sample) lies at "
+                   "another place of SEVIR's Lambert azimuthal equal-area projection in every event")
+        coords = {"x": ((np.arange(self.width) + 0.5) * km,
+                        {"units": "km", "standard_name": "projection_x_coordinate", "comment": comment,
+                         "long_name": "distance east of the patch's lower-left corner (pixel centre)"}),
+                  "y": ((self.height - 0.5 - np.arange(self.height)) * PATCH_KM / self.height,
+                        {"units": "km", "standard_name": "projection_y_coordinate", "comment": comment,
+                         "long_name": "distance north of the patch's lower-left corner (pixel centre)"})}
+        return ForecastLayout(grid=("y", "x"), coords=coords, frame=pd.Timedelta(minutes=self.frame_minutes),
+                              variable={"units": "1", "long_name": "vertically integrated liquid (VIL) in SEVIR's "
+                                                                   "digital levels 0-255"})
 
     @property
     def units(self) -> PhysicalUnits:
