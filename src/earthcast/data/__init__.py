@@ -82,9 +82,9 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
     writes (atomically, by rename); other ranks wait for the root to appear, so simultaneous SLURM tasks never
     race."""
     cfg = plain(cfg_dataset)
-    root = Path(cfg["root"])
     if not cfg.get("synth"):
         return
+    root = Path(cfg["root"])
     if root.exists():
         check_twin(cfg)
         return
