@@ -188,3 +188,27 @@ def test_enso_needs_coordinates_and_valid_months(tmp_path):
     bad_months = _enso_dataset().assign(init_month=("sample", np.array([1, 2, 3, 4, 5, 13])))
     with pytest.raises(UserError, match="'init_month' must hold calendar months"):
         evaluate_stored(_written(tmp_path, bad_months, "months.nc"))
+
+
+@pytest.mark.parametrize("scale,offset,what", [(4.0, -2.0, "outside the VIL levels 0–255"),
+                                               (1.0, 0.0, "under 1% of the VIL levels 0–255")])
+def test_values_in_other_units_warn_or_fail(tmp_path, caplog, scale, offset, what):
+    dataset = _sevir_dataset()
+    for name in ("prediction", "target", "context"):
+        dataset[name] = dataset[name] / 255.0 * scale + offset
+    path = tmp_path / "other_units.nc"
+    dataset.to_netcdf(path)
+    with caplog.at_level("WARNING", logger="earthcast"):
+        metrics, _, _ = evaluate_stored(path)  # warn: scored, and said
+    assert metrics["n_samples"] == 5 and what in caplog.text and "range_policy=fail" in caplog.text
+    with pytest.raises(UserError, match=what):
+        evaluate_stored(path, range_policy="fail")
+
+
+def test_values_in_the_evaluators_units_pass_silently(tmp_path, caplog):
+    _sevir_dataset().to_netcdf(tmp_path / "vil.nc")
+    _enso_dataset().to_netcdf(tmp_path / "sst.nc")
+    with caplog.at_level("WARNING", logger="earthcast"):
+        evaluate_stored(tmp_path / "vil.nc", range_policy="fail")
+        evaluate_stored(tmp_path / "sst.nc", range_policy="fail")
+    assert "warning" not in caplog.text

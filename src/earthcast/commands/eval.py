@@ -71,7 +71,8 @@ def score_stored(cfg: DictConfig, run_dir: Path, bootstrap: BootstrapSettings) -
                         "time_dim": str(cfg.observations_time_dim)}
     path = Path(str(cfg.predictions))
     results = score_stored_file(path, evaluator_cfg=evaluator_cfg, chunk_size=int(cfg.chunk_size),
-                                nan_policy=cfg.nan_policy, observations=observations, bootstrap=bootstrap)
+                                nan_policy=cfg.nan_policy, observations=observations, bootstrap=bootstrap,
+                                range_policy=str(cfg.range_policy))
     record = stored_record(path, results["file"], results["nan_policy"])
     if cfg.observations:
         record["observations"] = Path(str(cfg.observations)).name

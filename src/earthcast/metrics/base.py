@@ -87,6 +87,9 @@ class ForecastEvaluator(Metric):
     #: how a subclass identifies samples and what its bootstrap resamples (recorded with the scores)
     SAMPLE_IDS = ""
     RESAMPLING_UNIT = ""
+    #: (low, high, units) the physical values this evaluator's thresholds and scales are meant for; stored
+    #: forecasts outside it are in other units (earthcast.metrics.stored); None: no expectation
+    VALUE_RANGE: tuple[float, float, str] | None = None
 
     def __init__(
         self,

@@ -65,6 +65,9 @@ class EnsoEvaluator(ForecastEvaluator):
 
     SAMPLE_IDS = "model@seq_start"
     RESAMPLING_UNIT = "model-years (CMIP model, 12-month block of window starts)"
+    # SST anomalies in °C: the largest in CMIP runs and observations stay well inside ±20 °C, while absolute SST
+    # (°C or K) or radar levels fall outside
+    VALUE_RANGE = (-20.0, 20.0, "SST anomalies in °C")
 
     def __init__(
         self,

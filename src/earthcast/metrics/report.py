@@ -59,7 +59,8 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
     the per-lead and per-group tables, replicates.nc, sequence plots of the first `plot_samples` stored
     forecasts, report.md and card.md. `record` describes the run (dataset, nan_policy, synthetic, model,
     recipe, data); `compared` are other evaluations to put beside this one (`compare=`), `published` a table
-    of published.yaml. Returns what metrics.json holds."""
+    of published.yaml. Returns what metrics.json holds, which is written last: a run directory that
+    has metrics.json has all of them."""
     run_dir = Path(run_dir)
     record = {"split": split, **(record or {})}
     evaluation = _evaluation(results, split, record, about)
@@ -86,7 +87,6 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
         scores["model"] = evaluation.model
     if published_rows is not None:
         scores["published"] = published_rows
-    write_json(run_dir / "metrics.json", scores)
     if evaluation.by_lead is not None:
         write_csv(run_dir / "metrics_by_lead.csv", evaluation.by_lead)
         write_metrics_netcdf(run_dir / "metrics.nc", evaluation.by_lead, frame_minutes,
@@ -106,6 +106,7 @@ def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: 
         write_report(run_dir, results["scores"], evaluation.by_lead, evaluation.by_group, extra=extra,
                      evaluation=evaluation, compared=compared, warnings=warnings, published=published_rows)
         write_card(run_dir, evaluation, record, compared=compared, published=published_rows)
+    write_json(run_dir / "metrics.json", scores)
     return scores
 
 

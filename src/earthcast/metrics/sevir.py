@@ -77,6 +77,7 @@ class SevirEvaluator(ForecastEvaluator):
 
     SAMPLE_IDS = "event_id@seq_start"
     RESAMPLING_UNIT = "events (event_id)"
+    VALUE_RANGE = (0.0, 255.0, "VIL levels 0–255")
 
     def __init__(
         self,

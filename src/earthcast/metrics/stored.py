@@ -11,10 +11,15 @@ grow with the number of samples. Samples with NaN/inf anywhere in prediction, ta
 (`nan_policy="fail"`), are left out whole (`"exclude"`, reported as `n_samples_excluded`), or the non-finite
 points alone are left out (`"mask"`, evaluator=gridded: NaN is a missing or land point); None picks "mask"
 for evaluators that take masks and "fail" for the others.
+
+Values are checked against the evaluator's physical range (VALUE_RANGE): forecasts or observations outside it,
+or observations that use under 1% of it (VIL/255 scored against VIL thresholds), are in other units. With
+`range_policy="warn"` (the default) the file is scored with a warning; with "fail" it is refused in one line.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,8 @@ from earthcast.metrics.enso import EnsoEvaluator
 from earthcast.metrics.gridded import GriddedEvaluator
 from earthcast.metrics.observations import Observations, stored_targets
 
+log = logging.getLogger("earthcast")
+
 #: evaluator settings implied by the file's `dataset` attribute
 DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
     "sevir": {"name": "sevir", "frame_minutes": 5},
@@ -39,6 +46,7 @@ DATASET_EVALUATORS: dict[str, dict[str, Any]] = {
     "gridded": {"name": "gridded"},
 }
 NAN_POLICIES = ("fail", "exclude", "mask")
+RANGE_POLICIES = ("warn", "fail")
 #: evaluators whose scores leave non-finite points out (nan_policy="mask")
 MASKING_EVALUATORS = (GriddedEvaluator,)
 META_VARIABLES = ("event_type", "init_month", "target_mean_intensity", "init_time", "event_id", "seq_start",
@@ -61,10 +69,11 @@ def evaluate_stored(
     chunk_size: int = 16,
     nan_policy: str | None = "fail",
     observations: dict | None = None,
+    range_policy: str = "warn",
 ) -> tuple[dict[str, float | int | None], pd.DataFrame, pd.DataFrame]:
     """Score the stored forecast at `path`; returns (metrics, by-lead table, by-group table). `observations`:
     {"path", "variable", "time_dim"} of the observations to score against instead of the file's target."""
-    results = score_stored_file(path, evaluator_cfg, chunk_size, nan_policy, observations)
+    results = score_stored_file(path, evaluator_cfg, chunk_size, nan_policy, observations, range_policy=range_policy)
     return results["scores"], results["by_lead"], results["by_group"]
 
 
@@ -75,6 +84,7 @@ def score_stored_file(
     nan_policy: str | None = "fail",
     observations: dict | None = None,
     bootstrap: Any = None,
+    range_policy: str = "warn",
 ) -> dict[str, Any]:
     """Score the stored forecast at `path` (see `evaluate_stored`): the evaluator's results (scores, by_lead,
     by_group, replicates, protocol facts), `file` (its dataset, split, synthetic and model attributes) and
@@ -82,6 +92,8 @@ def score_stored_file(
     path = Path(path)
     if nan_policy is not None and nan_policy not in NAN_POLICIES:
         raise UserError(f"nan_policy is {nan_policy!r}; use {', '.join(NAN_POLICIES)} (or null)")
+    if range_policy not in RANGE_POLICIES:
+        raise UserError(f"range_policy is {range_policy!r}; use 'warn' or 'fail'")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not path.is_file():
@@ -112,9 +124,15 @@ def score_stored_file(
                     raise UserError(f"{path}: dim {name!r} has no coordinate values; store {name} in degrees")
                 static_meta[name] = torch.as_tensor(dataset[name].values.astype(np.float64))
         try:
-            excluded = _stream(dataset, layout, targets, evaluator, static_meta, chunk_size, nan_policy, path)
+            excluded, extremes = _stream(dataset, layout, targets, evaluator, static_meta, chunk_size, nan_policy,
+                                         path)
         finally:
             targets.close()
+    problem = _range_problem(evaluator, extremes, path)
+    if problem and range_policy == "fail":
+        raise UserError(f"{problem}; convert the file to those units, or score it anyway with range_policy=warn")
+    if problem:
+        log.warning("warning: %s; scored anyway (range_policy=fail refuses such files)", problem)
     if not evaluator.update_called:
         raise UserError(f"{path}: no samples left to score — all {layout.n_samples} contain NaN/inf values")
     results = evaluator.results()
@@ -209,14 +227,16 @@ def _stream(
     chunk_size: int,
     nan_policy: str,
     path: Path,
-) -> int:
-    """Feed the evaluator chunk by chunk; return the number of samples excluded for NaN/inf."""
+) -> tuple[int, dict[str, list[float]]]:
+    """Feed the evaluator chunk by chunk; return the number of samples excluded for NaN/inf, and the finite
+    extremes of prediction and target."""
     grid = list(layout.grid)
     member = ["member"] if layout.has_members else []
     variables = {"prediction": dataset["prediction"].transpose("sample", *member, "lead_time", *grid)}
     if layout.has_context:
         variables["context"] = dataset["context"].transpose("sample", "context_time", *grid)
     bad_values = dict.fromkeys([*variables, "target"], 0)
+    extremes = {name: [np.inf, -np.inf] for name in ("prediction", "target")}
     bad_samples: list[int] = []
     for start in range(0, layout.n_samples, chunk_size):
         window = slice(start, min(start + chunk_size, layout.n_samples))
@@ -224,6 +244,11 @@ def _stream(
                   for name, var in variables.items()}
         arrays["target"] = targets.chunk(window)
         finite = np.ones(window.stop - window.start, dtype=bool)
+        for name in extremes:
+            finite_values = arrays[name][np.isfinite(arrays[name])]
+            if finite_values.size:
+                extremes[name] = [min(extremes[name][0], float(finite_values.min())),
+                                  max(extremes[name][1], float(finite_values.max()))]
         if nan_policy != "mask":  # with "mask" the evaluator leaves non-finite points out itself
             for name, array in arrays.items():
                 bad = ~np.isfinite(array)
@@ -244,7 +269,24 @@ def _stream(
             f"{path}: {sum(bad_values.values())} NaN/inf values in {len(bad_samples)} of {layout.n_samples} "
             f"samples ({counts}; first at sample {bad_samples[0]}); fix the file or use nan_policy='exclude'"
         )
-    return len(bad_samples)
+    return len(bad_samples), extremes
+
+
+def _range_problem(evaluator: Any, extremes: dict[str, list[float]], path: Path) -> str | None:
+    """Why the stored values look like other units than the evaluator's (one line), or None."""
+    if evaluator.VALUE_RANGE is None:
+        return None
+    low, high, units = evaluator.VALUE_RANGE
+    outside = [f"{name} spans {lo:.4g}..{hi:.4g}" for name, (lo, hi) in extremes.items()
+               if np.isfinite(lo) and (lo < low or hi > high)]
+    if outside:
+        return (f"{path}: {' and '.join(outside)}, outside the {units} that evaluator={type(evaluator).__name__} "
+                f"scores; the file holds other units")
+    lo, hi = extremes["target"]
+    if np.isfinite(lo) and max(abs(lo), abs(hi)) < 0.01 * (high - low):
+        return (f"{path}: the target peaks at {max(abs(lo), abs(hi)):.4g}, under 1% of the {units} that "
+                f"evaluator={type(evaluator).__name__} scores; it looks rescaled (e.g. VIL/255 instead of 0–255)")
+    return None
 
 
 def _chunk_meta(dataset: xr.Dataset, window: slice, keep: np.ndarray, path: Path) -> dict[str, Any]:

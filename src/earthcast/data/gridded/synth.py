@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 from scipy.ndimage import gaussian_filter
 
-from earthcast.data.base import SYNTHESIZERS
+from earthcast.data.base import SYNTHESIZERS, write_twin_record
 from earthcast.io import atomic_directory
 
 
@@ -80,6 +80,7 @@ def synthesize_gridded(cfg_dataset: Mapping, progress: bool = True) -> Path:
                 attrs={"Conventions": "CF-1.10", "title": "earthcast synthetic gridded store",
                        "source": "earthcast.data.gridded.synth"})
             ds.to_netcdf(tmp / f"sst_{month}.nc", encoding=encoding)
+        write_twin_record(tmp, cfg_dataset, ("synth",))  # a directory store reads only its netCDF files
     return root
 
 
