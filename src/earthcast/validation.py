@@ -109,8 +109,10 @@ def validate(cfg, command: str, outputs: bool = True) -> None:
         if value is not MISSING:
             check(key, value, rule)
     _check_precision(_select(cfg, "trainer.precision"))
-    _check_accelerator(_select(cfg, "trainer.accelerator"), _select(cfg, "trainer.devices"))
-    _check_device(_select(cfg, "device"))
+    device = _select(cfg, "device")
+    if device is MISSING or device is None:  # `device` (sample, predict) replaces the trainer's accelerator
+        _check_accelerator(_select(cfg, "trainer.accelerator"), _select(cfg, "trainer.devices"))
+    _check_device(device)
     _check_epochs(_select(cfg, "trainer.min_epochs"), _select(cfg, "trainer.max_epochs"))
     signal = _select(cfg, "preemption.signal")
     if signal is not MISSING:
