@@ -10,8 +10,9 @@ test sequences from the same initial noise; per run the achieved mean intensity 
 
 Each run is one `earthcast sample` into <out>/<sampler>_<n or none>/ with its command.txt and load.txt (the
 1/5/15-minute load averages before and after); a run that already has its metrics.json is reused, so an
-interrupted table resumes. Overrides (e.g. knowledge.scale=0.5) go to every guided run. The table is printed
-and written to <out>/table.md.
+interrupted table resumes. Overrides go to every run, knowledge.* ones (e.g. knowledge.scale=0.5) to the guided
+runs only; e.g. dataset.eval_batch_size=4 samples fewer sequences per batch. The table is printed and written
+to <out>/table.md.
 
 Per guided run, over the sequences i (ā_i the ensemble's mean intensity, ū_i the unguided one, F₀_i the target):
     closed     = Σ(ā_i − ū_i) / Σ(F₀_i − ū_i)       the share of the mean gap closed (1 = on target)
@@ -100,12 +101,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=1, help="test batches of 16 sequences")
     parser.add_argument("--n", type=float, nargs="+", default=[-4.0, -2.0, 0.0, 2.0, 4.0])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every guided run")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (knowledge.*: guided runs only)")
+    args = parser.parse_intermixed_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ckpt, root = args.ckpt, args.out
+    guided_only = [word for word in args.overrides if word.lstrip("+~").startswith("knowledge.")]
     common = [f"ckpt_path={ckpt}", f"members={args.members}", f"max_batches={args.batches}", "seed=0",
-              "figure_samples=0", "outputs.plot_samples=0"]
+              "figure_samples=0", "outputs.plot_samples=0", *(w for w in args.overrides if w not in guided_only)]
     header = ("| sampler | n | F₀ | achieved | closed | miss/gap | CRPS | final energy | capped | sampling s | "
               "load before → after |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -124,7 +126,7 @@ def main() -> None:
         for n in args.n:
             run = root / f"{name}_n{n:+g}"
             scores = sample(run, [*common, *SAMPLERS[name], "knowledge=avg_intensity", f"knowledge.n_sigma={n}",
-                                  *args.overrides])
+                                  *guided_only])
             means, _ = ensemble_means(run)
             gap = f0[n] - plain_means
             closed = float((means - plain_means).sum() / gap.sum())

@@ -134,7 +134,12 @@ def fixed_model() -> PreDiffAlignModule:
     return task
 
 
-def _guided_means(ns=(-2.0, 0.0, 2.0)) -> tuple[float, dict]:
+class Unread(nn.Module):
+    def forward(self, z_t, t, context):
+        raise AssertionError("the decoded estimator reads no alignment network")
+
+
+def _guided_means(ns=(-2.0, 0.0, 2.0), estimator: str = "alignment") -> tuple[float, dict]:
     task = fixed_model()
     inputs = prediff_batch(2)["inputs"]
     sampler = DDIMSampler(task.schedule, steps=20, eta=0.0)
@@ -144,7 +149,9 @@ def _guided_means(ns=(-2.0, 0.0, 2.0)) -> tuple[float, dict]:
     task.anticipation.coef.zero_()
     task.anticipation.coef[0, 0] = tau
     task.anticipation.residual_std.fill_(0.1 * tau)
-    runner = KnowledgeControl(guide(scale=1.0), task)
+    if estimator == "decoded":
+        task.align_net = Unread()
+    runner = KnowledgeControl(KnowledgeSettings.from_config({"mode": "guide", "estimator": estimator}), task)
     means = {}
     for n in ns:
         forecast, f0, moved = sample(runner, task, inputs, 8, sampler, n)
@@ -158,8 +165,10 @@ def test_knowledge_control_moves_the_mean_intensity_monotonically_with_n():
     assert bool((means[-2.0] < means[0.0]).all() and (means[0.0] < means[2.0]).all())
 
 
-def test_knowledge_control_with_an_exact_alignment_lands_on_its_target():
-    tau, means = _guided_means()
+@pytest.mark.parametrize("estimator", ["alignment", "decoded"])
+def test_knowledge_control_with_an_exact_estimate_lands_on_its_target(estimator):
+    """λ = 1 with an exact U_φ, or with the decoded statistic of x̂₀ (the random U_φ is then not read)."""
+    tau, means = _guided_means(estimator=estimator)
     # with an exact U_φ the ensemble lands on its target: within half a σ of F₀ for every n
     for n, mean in means.items():
         assert torch.allclose(mean.double(), torch.full_like(mean.double(), tau * (1 + 0.1 * n)), atol=0.05 * tau)
@@ -214,6 +223,14 @@ def test_knowledge_settings_and_runner_errors():
         KnowledgeSettings.from_config({"mode": "steer"})
     with pytest.raises(UserError, match="knowledge.value"):
         KnowledgeSettings.from_config({"mode": "guide", "target": "value"})
+    with pytest.raises(UserError, match="knowledge.step='newton'"):
+        KnowledgeSettings.from_config({"mode": "guide", "step": "newton"})
+    with pytest.raises(UserError, match="knowledge.estimator='exact'"):
+        KnowledgeSettings.from_config({"mode": "guide", "estimator": "exact"})
+    with pytest.raises(UserError, match="estimator=decoded takes knowledge.step=gauss_newton"):
+        KnowledgeSettings.from_config({"mode": "guide", "estimator": "decoded", "step": "paper"})
+    with pytest.raises(UserError, match="knowledge.max_shift=0"):
+        KnowledgeSettings.from_config({"mode": "guide", "max_shift": 0})
     task = align_task()
     with pytest.raises(UserError, match="knowledge.constraint=energy"):
         KnowledgeControl(KnowledgeSettings.from_config({"mode": "guide", "constraint": "energy"}), task)

@@ -50,11 +50,13 @@ class Gaussian:
 
 
 def guided(data: Gaussian, sampler, n: float, scale: float = 1.0, step: str = "gauss_newton", batch: int = 32,
-           seed: int = 0) -> tuple[torch.Tensor, float, KnowledgeGuidance]:
-    """(F of the final samples, F₀, the guidance with its per-step energies)."""
+           seed: int = 0, reads: str = "noisy") -> tuple[torch.Tensor, float, KnowledgeGuidance]:
+    """(F of the final samples, F₀, the guidance with its per-step energies); `reads` noisy: the exact U(x_t),
+    clean: the plug-in F(x̂₀) (knowledge.estimator=decoded with an identity decoder)."""
     f0 = data.f_mean + n * data.f_std
-    guidance = KnowledgeGuidance(data.align, torch.full((batch, 1), f0, dtype=torch.float64),
-                                 torch.tensor([data.f_std], dtype=torch.float64), scale, step)
+    predict = data.align if reads == "noisy" else (lambda x0, t: data.statistic(x0))
+    guidance = KnowledgeGuidance(predict, torch.full((batch, 1), f0, dtype=torch.float64),
+                                 torch.tensor([data.f_std], dtype=torch.float64), scale, step, reads=reads)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(batch, data.dim, generator=g, dtype=torch.float64)
     x0 = sampler.sample(data.denoise, x_T, generator=g, guidance=guidance)
@@ -62,11 +64,12 @@ def guided(data: Gaussian, sampler, n: float, scale: float = 1.0, step: str = "g
     return data.statistic(x0).squeeze(1), f0, guidance
 
 
+@pytest.mark.parametrize("reads", ["noisy", "clean"])
 @pytest.mark.parametrize("sampler", SAMPLERS, ids=str)
 @pytest.mark.parametrize("n", [-4.0, 0.0, 2.0])
-def test_guided_ddpm_and_ddim_land_on_f0(sampler, n):
+def test_guided_ddpm_and_ddim_land_on_f0(sampler, n, reads):
     data = Gaussian(dim=16)
-    achieved, f0, guidance = guided(data, SAMPLERS[sampler], n)
+    achieved, f0, guidance = guided(data, SAMPLERS[sampler], n, reads=reads)
     # every sample ends within 2 % of the statistic's prior spread from F₀, against a start n·std(F) away
     assert (achieved - f0).abs().max() < 0.02 * data.f_std
     energies = torch.stack(guidance.energies)  # steps × samples, in units of std(F)²

@@ -25,6 +25,16 @@ over a sample is at most `max_shift` standard deviations of the latent (PreDiff 
 variance). It bounds the step in the data's own units rather than in the step's noise √Σ_t, which is 0 on
 the last transition — the one that carries DDIM's final correction.
 
+`knowledge.estimator` chooses what estimates F during the chain:
+
+alignment (the paper's U_φ, above). decoded (ours): the statistic of the step's own prediction, decoded,
+F(D(x̂₀)) — Tweedie's plug-in estimate of E[F | z_t], exact for a linear statistic and decoder and exact at the
+end of the chain in any case. The Gauss–Newton step is then taken in x̂₀ directly, d = −2E·∇_{x̂₀}E/‖∇_{x̂₀}E‖²
+and x̂₀ ← x̂₀ + λ·d (the same step as above, where ∇_{z_t} = √ᾱ_t·∇_{x̂₀} under the same isotropic posterior),
+differentiating through the VAE decoder only, not through the denoiser. It needs no alignment network (the
+checkpoint still supplies F₀) and cannot be fooled by directions in which U_φ errs on the model's own samples;
+it costs a decoder pass and its gradient per step.
+
 paper (PreDiff's Alg. 2 as written). The transition mean is shifted by
     μ ← μ − λ · Σ_t · ∇_{z_t} ‖U_φ(z_t, t, y) − F₀‖
 with Σ_t the step's ancestral variance (DDIM borrows it: its own is 0 at η = 0) and the norm of the
@@ -55,6 +65,7 @@ from earthcast.errors import UserError
 MODES = ("none", "guide", "project", "guide+project")
 TARGETS = ("regression", "value")
 STEPS = ("gauss_newton", "paper")
+ESTIMATORS = ("alignment", "decoded")
 #: a sample whose final energy exceeds this × max(its first energy, 1) has diverged (σ² units: a 10σ miss)
 DIVERGED = 100.0
 
@@ -67,6 +78,7 @@ class KnowledgeSettings:
     constraint: str | None = None
     scale: float = 1.0
     step: str = "gauss_newton"
+    estimator: str = "alignment"
     #: trust region of a Gauss–Newton step: RMS correction of x̂₀ ≤ max_shift (latent standard deviations)
     max_shift: float = 4.0
     n_sigma: float = 0.0
@@ -91,6 +103,11 @@ class KnowledgeSettings:
             raise UserError("knowledge.target=value needs knowledge.value=<F₀ in physical units, e.g. VIL 0–255>")
         if settings.step not in STEPS:
             raise UserError(f"knowledge.step={settings.step!r}; use one of {', '.join(STEPS)}")
+        if settings.estimator not in ESTIMATORS:
+            raise UserError(f"knowledge.estimator={settings.estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        if settings.estimator == "decoded" and settings.step != "gauss_newton":
+            raise UserError("knowledge.estimator=decoded takes knowledge.step=gauss_newton (the paper's step reads "
+                            "the alignment network); use one of the two")
         if settings.scale < 0:
             raise UserError(f"knowledge.scale={settings.scale}; it must be ≥ 0")
         if not settings.max_shift > 0:
@@ -110,14 +127,17 @@ class KnowledgeSettings:
 class KnowledgeGuidance:
     """The guidance of one batch (the samplers' `Guidance`; see the module docstring).
 
-    predict(z_t, t) → B×K statistic estimates in the units of `target` (the alignment network, already
-    bound to its context and unstandardised); target B×K is F₀; sigma (K,) the units of the energy.
-    Per step it records each sample's energy and whether the trust region shortened its step.
+    predict(z, t) → B×K statistic estimates in the units of `target`, read from the noisy latent z = z_t
+    (`reads="noisy"`: the alignment network, bound to its context and unstandardised) or from the step's
+    prediction z = x̂₀ (`reads="clean"`: the decoded statistic); target B×K is F₀; sigma (K,) the units of the
+    energy. Per step it records each sample's energy and the size of the correction asked for.
     """
 
     def __init__(self, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: torch.Tensor,
-                 sigma: torch.Tensor, scale: float, step: str = "gauss_newton", max_shift: float = 4.0):
+                 sigma: torch.Tensor, scale: float, step: str = "gauss_newton", max_shift: float = 4.0,
+                 reads: str = "noisy"):
         self.predict, self.scale, self.step, self.max_shift = predict, float(scale), step, float(max_shift)
+        self.reads = reads
         self.target, self.sigma = target, sigma
         self.energies: list[torch.Tensor] = []  # per step, per sample: how far the chain is from F₀ (σ² units)
         self.corrections: list[torch.Tensor] = []  # per Gauss–Newton step, per sample: RMS asked for
@@ -150,12 +170,12 @@ class KnowledgeGuidance:
         """x̂₀ moved by λ·√ᾱ_t times the Gauss–Newton step (within the trust region); None for step=paper."""
         if self.step != "gauss_newton":
             return None
-        energy, grad = self._gradient(x_t, t, "energy")
+        energy, grad = self._gradient(x_t if self.reads == "noisy" else x0, t, "energy")
         norm2 = grad.flatten(1).pow(2).sum(dim=1).to(torch.float64)
         # −2E/‖∇E‖² along ∇E zeroes the linearised energy; a flat U_φ (∇E = 0) gives no step, not a division by 0
         length = torch.where(norm2 > 0, -2 * energy / norm2.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
-        alpha_bar = float(alpha_bar)
-        correction = grad * (self.scale * sqrt(alpha_bar) * length).to(grad).reshape(-1, *[1] * (grad.ndim - 1))
+        gain = sqrt(float(alpha_bar)) if self.reads == "noisy" else 1.0  # a step in z_t moves x̂₀ by √ᾱ_t of it
+        correction = grad * (self.scale * gain * length).to(grad).reshape(-1, *[1] * (grad.ndim - 1))
         rms = correction.flatten(1).pow(2).mean(dim=1).sqrt()
         self.corrections.append(rms.detach())
         shrink = (self.max_shift / rms.clamp(min=torch.finfo(rms.dtype).tiny)).clamp(max=1.0)
@@ -250,16 +270,20 @@ class KnowledgeControl:
         bounds = model.constraint.statistic_range()
         return f0 if bounds is None else f0.clamp(*bounds)
 
-    def guidance(self, f0: torch.Tensor, members: int):
-        """`guidance(context_latents)` building the batch's KnowledgeGuidance, or None without guidance."""
+    def guidance(self, f0: torch.Tensor, members: int, pipeline: PreDiffPipeline | None = None):
+        """`guidance(context_latents)` building the batch's KnowledgeGuidance, or None without guidance;
+        `pipeline` decodes for estimator=decoded."""
         if not self.settings.guides or self.settings.scale == 0:
             return None
         model, target, settings = self.model, f0.repeat_interleave(members, dim=0), self.settings
 
         def build(context_latents):
-            self.last_guidance = KnowledgeGuidance(lambda z, t: model.predict_statistic(z, t, context_latents),
-                                                   target, model.anticipation.residual_std, settings.scale,
-                                                   settings.step, settings.max_shift)
+            if settings.estimator == "decoded":
+                predict, reads = (lambda x0, t: model.constraint.statistic(pipeline.decode_frames(x0))), "clean"
+            else:
+                predict, reads = (lambda z, t: model.predict_statistic(z, t, context_latents)), "noisy"
+            self.last_guidance = KnowledgeGuidance(predict, target, model.anticipation.residual_std, settings.scale,
+                                                   settings.step, settings.max_shift, reads)
             return self.last_guidance
 
         return build
@@ -276,7 +300,7 @@ class KnowledgeControl:
         initial noise comes from `seed` alone, so settings that differ only in F₀ start from the same noise."""
         f0 = self.target(context, n_sigma, units) if self.active else None
         generator = torch.Generator(device=context.device).manual_seed(seed)
-        guidance = self.guidance(f0, members) if f0 is not None else None
+        guidance = self.guidance(f0, members, pipeline) if f0 is not None else None
         self.last_guidance = None
         forecast, _ = pipeline.forecast(context, members, sampler, out_len, generator=generator, guidance=guidance,
                                         on_step=on_step)
