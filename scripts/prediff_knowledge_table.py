@@ -105,6 +105,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ckpt, root = args.ckpt, args.out
+    args.n = sorted(args.n)  # "monotone" reads the rows in increasing n
     guided_only = [word for word in args.overrides if word.lstrip("+~").startswith("knowledge.")]
     common = [f"ckpt_path={ckpt}", f"members={args.members}", f"max_batches={args.batches}", "seed=0",
               "figure_samples=0", "outputs.plot_samples=0", *(w for w in args.overrides if w not in guided_only)]

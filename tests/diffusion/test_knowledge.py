@@ -33,8 +33,10 @@ def sample(control: KnowledgeControl, task, inputs, members, sampler, n_sigma):
     return control.sample(task.pipeline(), inputs, members, sampler, 2, seed=0, n_sigma=n_sigma, units=VIL)
 
 
-def guide(mode: str = "guide", scale: float = 1.0, step: str = "gauss_newton") -> KnowledgeSettings:
-    return KnowledgeSettings.from_config({"mode": mode, "constraint": "avg_intensity", "scale": scale, "step": step})
+def guide(mode: str = "guide", scale: float = 1.0, step: str = "gauss_newton",
+          estimator: str = "alignment") -> KnowledgeSettings:
+    return KnowledgeSettings.from_config({"mode": mode, "constraint": "avg_intensity", "scale": scale, "step": step,
+                                          "estimator": estimator})
 
 
 # ----------------------------------------------------------------------------------- F₀ from the context
@@ -83,16 +85,17 @@ def test_guidance_gradient_of_one_sample_ignores_the_others(step):
     assert torch.allclose(shift[[0, 2]], shift3[[0, 2]], atol=1e-7)
 
 
-def test_guided_chain_of_one_member_ignores_the_targets_of_the_others():
+@pytest.mark.parametrize("estimator", ["alignment", "decoded"])
+def test_guided_chain_of_one_member_ignores_the_targets_of_the_others(estimator):
     task = align_task()
-    runner = KnowledgeControl(guide(scale=50.0), task)
+    runner = KnowledgeControl(guide(estimator=estimator), task)
     inputs = prediff_batch(2)["inputs"]
     sampler = DDPMSampler(task.schedule, steps=5)
     outputs = []
     for second in (0.0, 0.9):
         f0 = torch.tensor([[0.2], [second]], dtype=torch.float64)
         forecast, _ = task.pipeline().forecast(inputs, 2, sampler, 2, generator=torch.Generator().manual_seed(0),
-                                               guidance=runner.guidance(f0, members=2))
+                                               guidance=runner.guidance(f0, members=2, pipeline=task.pipeline()))
         outputs.append(forecast)
     assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-6)  # both members of sample 0
     assert not torch.allclose(outputs[0][1], outputs[1][1])
@@ -227,8 +230,9 @@ def test_knowledge_settings_and_runner_errors():
         KnowledgeSettings.from_config({"mode": "guide", "step": "newton"})
     with pytest.raises(UserError, match="knowledge.estimator='exact'"):
         KnowledgeSettings.from_config({"mode": "guide", "estimator": "exact"})
-    with pytest.raises(UserError, match="estimator=decoded takes knowledge.step=gauss_newton"):
-        KnowledgeSettings.from_config({"mode": "guide", "estimator": "decoded", "step": "paper"})
+    with pytest.raises(UserError, match="knowledge.step=paper reads the alignment network; add "
+                                        "knowledge.estimator=alignment"):
+        KnowledgeSettings.from_config({"mode": "guide", "step": "paper"})
     with pytest.raises(UserError, match="knowledge.max_shift=0"):
         KnowledgeSettings.from_config({"mode": "guide", "max_shift": 0})
     task = align_task()

@@ -78,7 +78,7 @@ class KnowledgeSettings:
     constraint: str | None = None
     scale: float = 1.0
     step: str = "gauss_newton"
-    estimator: str = "alignment"
+    estimator: str = "decoded"
     #: trust region of a Gauss–Newton step: RMS correction of x̂₀ ≤ max_shift (latent standard deviations)
     max_shift: float = 4.0
     n_sigma: float = 0.0
@@ -106,8 +106,8 @@ class KnowledgeSettings:
         if settings.estimator not in ESTIMATORS:
             raise UserError(f"knowledge.estimator={settings.estimator!r}; use one of {', '.join(ESTIMATORS)}")
         if settings.estimator == "decoded" and settings.step != "gauss_newton":
-            raise UserError("knowledge.estimator=decoded takes knowledge.step=gauss_newton (the paper's step reads "
-                            "the alignment network); use one of the two")
+            raise UserError("knowledge.step=paper reads the alignment network; add knowledge.estimator=alignment "
+                            "(knowledge.estimator=decoded takes knowledge.step=gauss_newton)")
         if settings.scale < 0:
             raise UserError(f"knowledge.scale={settings.scale}; it must be ≥ 0")
         if not settings.max_shift > 0:
