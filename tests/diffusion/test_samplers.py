@@ -161,3 +161,28 @@ def test_respaced_ddim_lands_close_to_the_full_chain_for_a_smooth_denoiser():
     short = DDIMSampler(schedule, steps=50, eta=0.0).sample(gaussian, x_T)
     assert full.std().item() == pytest.approx(0.5, rel=0.15)
     assert bool(((short - full).abs() <= 0.05 * full.abs() + 1e-3).all())
+
+
+def test_ddim_50_and_ddpm_1000_draw_the_same_mixture():
+    """With the exact score of a non-Gaussian law (a two-component mixture), deterministic DDIM-50 and ancestral
+    DDPM-1000 agree in mean, spread and mode weights: a gap between them on a trained model is the model's
+    score error (integrated differently by the ODE and the SDE), not the sampler's arithmetic."""
+    schedule = NoiseSchedule(scaled_linear_betas(1000, 1e-4, 2e-2))
+    weights = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    means, stds = torch.tensor([-1.0, 2.0], dtype=torch.float64), torch.tensor([0.3, 0.5], dtype=torch.float64)
+
+    def exact(x_t, t):  # E[ε | x_t] = (x_t − √ᾱ·E[x₀ | x_t]) / √(1−ᾱ), mixing the components' posteriors
+        a = schedule.alpha_bar(int(t[0]))
+        var = a * stds**2 + 1 - a
+        log_w = weights.log() - 0.5 * (x_t - a.sqrt() * means) ** 2 / var - 0.5 * var.log()
+        resp = torch.softmax(log_w, dim=1)
+        x0 = means + a.sqrt() * stds**2 / var * (x_t - a.sqrt() * means)
+        return (x_t - a.sqrt() * (resp * x0).sum(dim=1, keepdim=True)) / (1 - a).sqrt()
+
+    x_T = torch.randn(4000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ddim = DDIMSampler(schedule, steps=50, eta=0.0).sample(exact, x_T)
+    ddpm = DDPMSampler(schedule).sample(exact, x_T, generator=torch.Generator().manual_seed(1))
+    for draws in (ddim, ddpm):
+        assert draws.mean().item() == pytest.approx(0.7 * -1.0 + 0.3 * 2.0, abs=0.05)
+        assert draws.std().item() == pytest.approx(1.4241, rel=0.03)  # √(Σ w(σ² + μ²) − mean²)
+        assert (draws > 0.5).double().mean().item() == pytest.approx(0.3, abs=0.02)
