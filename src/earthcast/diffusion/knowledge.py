@@ -1,48 +1,46 @@
 """Knowledge control at sampling time: soft guidance of the denoising chain and hard projection of members.
 
-Soft (PreDiff, Gao et al., NeurIPS 2023, Sec. 3.2 and Alg. 2). An alignment network U_φ(z_t, t, y) estimates
-the constraint statistic F of the final forecast from the noisy latent z_t and the context latents y; the
-chain is steered so that F lands on F₀ = τ + n·σ, which comes from the context
-(earthcast.diffusion.anticipation) or is given as a value — never from the target. Every quantity below is
-computed per sample: U_φ has no batch coupling, so the gradient of a *sum* of per-sample terms is, sample by
-sample, the gradient of each one's own term and one member's target never moves another member.
+Soft (PreDiff, Gao et al., NeurIPS 2023, Sec. 3.2 and Alg. 2). The chain is steered so that a statistic F of
+the forecast (e.g. its mean intensity) lands on F₀ = τ + n·σ, which comes from the context
+(earthcast.diffusion.anticipation) or is given as a value — never from the target. Everything is computed per
+sample: the gradient of a *sum* of per-sample terms is, sample by sample, each one's own gradient (no term
+couples samples), so one member's target never moves another member. The energy E = Σ_k ((F̂_k − F₀,k)/σ_k)²
+counts how far an estimate F̂ of F is from F₀ in forecast standard deviations σ (the regression's residuals).
 
-`knowledge.step` chooses how the step is sized:
+`knowledge.estimator` says where F̂ comes from during the chain:
+  decoded (default; ours)  F(D(x̂₀)): the statistic of the step's own prediction of the clean latent, decoded —
+                           the plug-in of Tweedie's estimate x̂₀ = E[x₀ | z_t] (as in DPS, Chung et al., ICLR
+                           2023, but without differentiating the denoiser: the gradient goes through the VAE
+                           decoder only). Exact for a linear statistic and decoder, exact at the end of the
+                           chain in any case; it reads no alignment network (the checkpoint still supplies F₀)
+                           and cannot be steered into directions where a learned estimator errs on the model's
+                           own samples. Costs a decoder pass and its gradient per step.
+  alignment (the paper)    U_φ(z_t, t, y): the alignment network's estimate from the noisy latent and the context.
 
-gauss_newton (default; ours). The energy E = Σ_k ((U_φ,k − F₀,k)/σ_k)² is brought to zero by a Gauss–Newton
-step, d = −2E·∇E/‖∇E‖² (for one statistic: d = −(U_φ − F₀)·∇U_φ/‖∇U_φ‖², the smallest move of z_t that
-zeroes the linearised residual), applied to the step's prediction of the clean latent:
-    x̂₀ ← x̂₀ + λ·√ᾱ_t·d,    ε̂ re-derived so that x_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε̂ still holds.
-The step is a ratio of gradients, so its size does not depend on the number of latent elements, on the units
-of F or on how steeply U_φ responds; λ (`scale`) is the fraction of the gap each step's prediction closes.
-With λ = 1 and a unit-variance latent whose posterior is isotropic, it is exactly the score of
-p(F(x₀) = F₀ | z_t) (a Gaussian with variance ‖∇U_φ‖²·(1−ᾱ_t)/ᾱ_t), i.e. classifier guidance towards the hard
-constraint; the chain then ends on F₀ (tests/diffusion/test_knowledge_gaussian.py shows it on a Gaussian with
-a closed-form score, for DDPM and DDIM). Because it corrects the score rather than the mean, DDPM and DDIM with
-any number of steps are guided alike, the last transition (which returns x̂₀) included. A trust region keeps
-one step from jumping off the data where U_φ is flat (∇U_φ → 0 makes the step → ∞): the correction's RMS
-over a sample is at most `max_shift` standard deviations of the latent (PreDiff scales its latents to unit
-variance). It bounds the step in the data's own units rather than in the step's noise √Σ_t, which is 0 on
-the last transition — the one that carries DDIM's final correction.
+`knowledge.step` says how far each step moves:
+  gauss_newton (default; ours)  The Gauss–Newton step d = −2E·∇E/‖∇E‖² (for one statistic −(F̂ − F₀)·∇F̂/‖∇F̂‖²,
+      the smallest move that zeroes the linearised residual) corrects the step's prediction
+          x̂₀ ← x̂₀ + λ·d           (decoded: ∇ with respect to x̂₀)
+          x̂₀ ← x̂₀ + λ·√ᾱ_t·d      (alignment: ∇ with respect to z_t; ∂x̂₀/∂z_t = √ᾱ_t for unit-variance latents)
+      and ε̂ is re-derived so that x_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε̂ still holds — a correction of the score, so DDPM
+      and DDIM with any η and number of steps are guided alike, the last transition (which returns x̂₀)
+      included. The step is a ratio of gradients: its size does not depend on the number of latent elements,
+      the units of F or how steeply the estimate responds. λ (`scale`) is the fraction of the gap that each
+      step's prediction closes; with λ = 1 the step is the score of p(F(x₀) = F₀ | z_t) for an isotropic
+      Gaussian posterior (classifier guidance towards the hard constraint) and the chain ends on F₀
+      (tests/diffusion/test_knowledge_gaussian.py: Gaussians with closed-form scores, DDPM-1000 and DDIM-50).
+      A trust region bounds one correction's RMS over a sample by `max_shift` latent standard deviations (the
+      latents have unit variance), so a flat estimate (∇ → 0, step → ∞) cannot throw the chain off the data.
+      It is stated in the data's units rather than in the step's noise √Σ_t, which is 0 on the last
+      transition — the one that carries DDIM's final correction.
+  paper  PreDiff's Alg. 2 as written, μ ← μ − λ·Σ_t·∇_{z_t}‖U_φ(z_t, t, y) − F₀‖ (the statistic on the dataset
+      scale; Σ_t the step's ancestral variance, which DDIM borrows since its own is 0 at η = 0). Its pull per
+      step scales with ‖∇U_φ‖ — with the latent size and the units of F — so a λ tuned at one scale does not
+      carry to another (the published code's guide_scale is 50, with σ_t for Σ_t and one norm over the batch).
+      Reads the alignment network.
 
-`knowledge.estimator` chooses what estimates F during the chain:
-
-alignment (the paper's U_φ, above). decoded (ours): the statistic of the step's own prediction, decoded,
-F(D(x̂₀)) — Tweedie's plug-in estimate of E[F | z_t], exact for a linear statistic and decoder and exact at the
-end of the chain in any case. The Gauss–Newton step is then taken in x̂₀ directly, d = −2E·∇_{x̂₀}E/‖∇_{x̂₀}E‖²
-and x̂₀ ← x̂₀ + λ·d (the same step as above, where ∇_{z_t} = √ᾱ_t·∇_{x̂₀} under the same isotropic posterior),
-differentiating through the VAE decoder only, not through the denoiser. It needs no alignment network (the
-checkpoint still supplies F₀) and cannot be fooled by directions in which U_φ errs on the model's own samples;
-it costs a decoder pass and its gradient per step.
-
-paper (PreDiff's Alg. 2 as written). The transition mean is shifted by
-    μ ← μ − λ · Σ_t · ∇_{z_t} ‖U_φ(z_t, t, y) − F₀‖
-with Σ_t the step's ancestral variance (DDIM borrows it: its own is 0 at η = 0) and the norm of the
-statistic on the dataset scale. Its pull per step scales with ‖∇U_φ‖, i.e. with the latent size and with the
-units of F, so a λ tuned at one scale does not carry to another (the published code used 50, in a variant).
-
-Both stop with a one-line error when the energy diverges: a non-finite estimate, or a final energy 100 times
-the first (and above 100, a 10σ miss) for some sample.
+Both stop with a one-line error when the energy diverges: a non-finite estimate, or for some sample a final
+energy DIVERGED times its first (and above DIVERGED, a 10σ miss).
 
 Hard (in the spirit of ProbConserv, Hansen et al., ICML 2023). After decoding, each member is moved to the
 nearest field — in the norm weighted by the ensemble's per-pixel variance — whose statistic equals F₀
