@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from earthcast.data.base import metadata
@@ -20,14 +19,23 @@ from earthcast.metrics import build_evaluator
 from earthcast.models import build_model
 
 
-def forecast_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if name == "mse":
-        return F.mse_loss(prediction, target)
-    if name == "mae":
-        return F.l1_loss(prediction, target)
-    if name == "mse+mae":
-        return F.mse_loss(prediction, target) + F.l1_loss(prediction, target)
-    raise UserError(f"loss={name!r} is not supported; use mse, mae or mse+mae")
+def forecast_loss(name: str, prediction: torch.Tensor, target: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The training objective; with `mask` (True where a target point counts, e.g. dataset=gridded's NaN and
+    land points left out) the mean runs over the masked-in points alone."""
+    if name not in LOSSES:
+        raise UserError(f"loss={name!r} is not supported; use {', '.join(LOSSES)}")
+    error = prediction - target
+    if mask is None:
+        squared, absolute = error.square().mean(), error.abs().mean()
+    else:
+        mask = mask.to(error.dtype)
+        points = mask.sum().clamp(min=1)
+        squared, absolute = (error.square() * mask).sum() / points, (error.abs() * mask).sum() / points
+    return {"mse": squared, "mae": absolute, "mse+mae": squared + absolute}[name]
+
+
+LOSSES = ("mse", "mae", "mse+mae")
 
 
 @MODULES.register("forecast")
@@ -41,20 +49,22 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         self.loss_name = config["loss"]
         self.monitor = config["monitor"]["metric"]
         self.val_evaluator = build_evaluator({**config["evaluator"], "reference": False})
-        self.test_evaluator = build_evaluator(config["evaluator"])
+        # a checkpoint's stored config may have no bootstrap block: its test scores then go without intervals
+        self.test_evaluator = build_evaluator(config["evaluator"], bootstrap=config.get("bootstrap"))
 
     def forecast(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model(batch["inputs"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch["inputs"])
-        loss = self.check_finite(forecast_loss(self.loss_name, prediction, batch["targets"]), "training loss")
+        loss = self.check_finite(forecast_loss(self.loss_name, prediction, batch["targets"], batch.get("mask")),
+                                 "training loss")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prediction = self.model(batch["inputs"])
-        loss = forecast_loss(self.loss_name, prediction, batch["targets"])
+        loss = forecast_loss(self.loss_name, prediction, batch["targets"], batch.get("mask"))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["inputs"].shape[0])
         self.val_evaluator.update(self.units(prediction), self.units(batch["targets"]), meta=metadata(batch))
 
@@ -64,9 +74,9 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         for key, value in scores.items():
             if "/" in key or value is None or not isinstance(value, (int, float)):
                 continue
-            # NaN monitor (no events at any threshold yet) must not crash checkpointing: log -inf-like floor
+            # NaN monitor (no events at any threshold yet) must not crash checkpointing: log the worst value
             if key == self.monitor and math.isnan(value):
-                value = -1.0
+                value = -1.0 if self.config["monitor"]["mode"] == "max" else math.inf
             self.log(f"val/{key}", float(value), prog_bar=(key == self.monitor), sync_dist=False)
 
     def configure_optimizers(self):

@@ -95,7 +95,7 @@ def plot_forecast_file(predictions_nc: str | Path, out_dir: str | Path, n_sample
     """Plot the first samples of a stored forecast file (the deterministic prediction or member 0)."""
     paths = []
     with xr.open_dataset(predictions_nc) as ds:
-        vil = "lat" not in ds.dims
+        vil = str(ds.attrs.get("dataset", "")).startswith("sevir")
         for i in range(min(n_samples, ds.sizes["sample"])):
             prediction = ds["prediction"].isel(sample=i)
             if "member" in prediction.dims:
