@@ -4,6 +4,10 @@ checkpoint paths on a SEVIR-LR twin of 16×16 frames and 4×4 latents; seconds p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +57,8 @@ def test_sample_writes_ensemble_outputs(sampled):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("crps", "spread_skill_ratio", "csi_m", "csi_m_pool4", "csi_m_pool16", "member/csi_m",
                 "member/csi_m_pool16", "mean_intensity_error", "persistence_ensemble/crps",
-                "knowledge/f0_mean_intensity", "knowledge/forecast_mean_intensity"):
+                "knowledge/f0_mean_intensity", "knowledge/forecast_mean_intensity", "knowledge/final_energy",
+                "knowledge/capped_fraction", "knowledge/largest_correction"):
         assert metrics.get(key) is not None, key
     assert metrics["members"] == 2 and "steps=3" in metrics["sampler"]
     assert "steps" in prediff_chain["sample_log"]  # the progress bar over sampling steps
@@ -88,6 +93,23 @@ def test_sampling_under_ddp_scores_every_sequence_once(sampled, workdir):
     with xr.open_dataset(run / "predictions.nc") as ds:
         assert ds.sizes["sample"] == 4 and ds.sizes["member"] == 2
     assert not list(run.glob("predictions.rank*"))
+
+
+def test_knowledge_table_script(prediff_chain, workdir):
+    """scripts/prediff_knowledge_table.py on the tiny chain: its runs, and a table row per sampler and n."""
+    out = workdir / "runs" / "knowledge_table"
+    script = Path(__file__).parents[2] / "scripts" / "prediff_knowledge_table.py"
+    result = subprocess.run([sys.executable, str(script), f"{prediff_chain['align']}/checkpoints/best.ckpt",
+                             "--out", str(out), "--members", "2", "--samplers", "ddim50", "--n", "-2", "2"],
+                            cwd=workdir, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, check=True)
+    table = (out / "table.md").read_text()
+    assert table in result.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ddim50")]
+    assert [row.split(" | ")[1] for row in rows] == ["none", "-2", "+2"]
+    assert "mean intensity monotone in n" in table
+    for run in ("ddim50_none", "ddim50_n-2", "ddim50_n+2"):
+        assert "knowledge.n_sigma" in (out / run / "command.txt").read_text() or run.endswith("none")
+        assert (out / run / "load.txt").is_file()
 
 
 def test_device_names_become_trainer_settings():

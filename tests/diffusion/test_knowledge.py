@@ -33,8 +33,10 @@ def sample(control: KnowledgeControl, task, inputs, members, sampler, n_sigma):
     return control.sample(task.pipeline(), inputs, members, sampler, 2, seed=0, n_sigma=n_sigma, units=VIL)
 
 
-def guide(mode: str = "guide", scale: float = 1.0) -> KnowledgeSettings:
-    return KnowledgeSettings.from_config({"mode": mode, "constraint": "avg_intensity", "scale": scale})
+def guide(mode: str = "guide", scale: float = 1.0, step: str = "gauss_newton",
+          estimator: str = "alignment") -> KnowledgeSettings:
+    return KnowledgeSettings.from_config({"mode": mode, "constraint": "avg_intensity", "scale": scale, "step": step,
+                                          "estimator": estimator})
 
 
 # ----------------------------------------------------------------------------------- F₀ from the context
@@ -54,35 +56,46 @@ def test_f0_depends_on_the_context_only():
 
 
 # ----------------------------------------------------------------------------------- per-sample guidance
-def test_guidance_gradient_of_one_sample_ignores_the_others():
+def guidance_move(runner, f0, context, z_t, t=40):
+    """The move one guided step makes: the x̂₀ correction (gauss_newton) or the mean shift (paper)."""
+    guide = runner.guidance(f0, members=1)(context)
+    if runner.settings.step == "paper":
+        return guide.mean_shift(z_t, t, torch.tensor(0.01))
+    x0 = torch.zeros_like(z_t)
+    return guide.prediction(z_t, t, x0, runner.model.schedule.alpha_bar(t)) - x0
+
+
+@pytest.mark.parametrize("step", ["gauss_newton", "paper"])
+def test_guidance_gradient_of_one_sample_ignores_the_others(step):
     """The reference code took a norm over the whole batch, so each sample's target moved every sample."""
     task = align_task()
-    runner = KnowledgeControl(guide(scale=50.0), task)
+    runner = KnowledgeControl(guide(scale=50.0 if step == "paper" else 1.0, step=step), task)
     context = task.encode(prediff_batch(3)["inputs"])
-    z_t, variance = torch.randn(3, 2, 4, 4, 2), torch.tensor(0.01)
-    f0 = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float64)
-    shift = runner.guidance(f0, members=1)(context)(z_t, 40, variance)
+    z_t = torch.randn(3, 2, 4, 4, 2)
+    f0 = torch.tensor([[0.1], [0.2], [5.0]], dtype=torch.float64)
+    shift = guidance_move(runner, f0, context, z_t)
     moved_target = f0.clone()
-    moved_target[2] = 0.9
-    shift2 = runner.guidance(moved_target, members=1)(context)(z_t, 40, variance)
+    moved_target[2] = -5.0  # beyond U_φ on the other side: ∇‖U_φ − F₀‖ (paper) changes sign
+    shift2 = guidance_move(runner, moved_target, context, z_t)
     assert shift.shape == z_t.shape and shift.abs().sum() > 0
     assert torch.equal(shift[:2], shift2[:2]) and not torch.allclose(shift[2], shift2[2])
     z_other = z_t.clone()
     z_other[1] += 1.0  # another sample's state does not leak either
-    shift3 = runner.guidance(f0, members=1)(context)(z_other, 40, variance)
+    shift3 = guidance_move(runner, f0, context, z_other)
     assert torch.allclose(shift[[0, 2]], shift3[[0, 2]], atol=1e-7)
 
 
-def test_guided_chain_of_one_member_ignores_the_targets_of_the_others():
+@pytest.mark.parametrize("estimator", ["alignment", "decoded"])
+def test_guided_chain_of_one_member_ignores_the_targets_of_the_others(estimator):
     task = align_task()
-    runner = KnowledgeControl(guide(scale=50.0), task)
+    runner = KnowledgeControl(guide(estimator=estimator), task)
     inputs = prediff_batch(2)["inputs"]
     sampler = DDPMSampler(task.schedule, steps=5)
     outputs = []
     for second in (0.0, 0.9):
         f0 = torch.tensor([[0.2], [second]], dtype=torch.float64)
         forecast, _ = task.pipeline().forecast(inputs, 2, sampler, 2, generator=torch.Generator().manual_seed(0),
-                                               guidance=runner.guidance(f0, members=2))
+                                               guidance=runner.guidance(f0, members=2, pipeline=task.pipeline()))
         outputs.append(forecast)
     assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-6)  # both members of sample 0
     assert not torch.allclose(outputs[0][1], outputs[1][1])
@@ -124,7 +137,12 @@ def fixed_model() -> PreDiffAlignModule:
     return task
 
 
-def _guided_means(ns=(-2.0, 0.0, 2.0)) -> tuple[float, dict]:
+class Unread(nn.Module):
+    def forward(self, z_t, t, context):
+        raise AssertionError("the decoded estimator reads no alignment network")
+
+
+def _guided_means(ns=(-2.0, 0.0, 2.0), estimator: str = "alignment") -> tuple[float, dict]:
     task = fixed_model()
     inputs = prediff_batch(2)["inputs"]
     sampler = DDIMSampler(task.schedule, steps=20, eta=0.0)
@@ -134,7 +152,9 @@ def _guided_means(ns=(-2.0, 0.0, 2.0)) -> tuple[float, dict]:
     task.anticipation.coef.zero_()
     task.anticipation.coef[0, 0] = tau
     task.anticipation.residual_std.fill_(0.1 * tau)
-    runner = KnowledgeControl(guide(scale=1.0), task)
+    if estimator == "decoded":
+        task.align_net = Unread()
+    runner = KnowledgeControl(KnowledgeSettings.from_config({"mode": "guide", "estimator": estimator}), task)
     means = {}
     for n in ns:
         forecast, f0, moved = sample(runner, task, inputs, 8, sampler, n)
@@ -148,11 +168,10 @@ def test_knowledge_control_moves_the_mean_intensity_monotonically_with_n():
     assert bool((means[-2.0] < means[0.0]).all() and (means[0.0] < means[2.0]).all())
 
 
-@pytest.mark.xfail(strict=True, reason="λ is not scale-free yet (issue 18, knowledge control): whether λ = 1 "
-                   "lands within σ/2 depends on the random decoder's gain, which changed with the reference VAE "
-                   "initialisation (with it, λ = 1 undershoots at n = ±2)")
-def test_knowledge_control_with_an_exact_alignment_lands_on_its_target():
-    tau, means = _guided_means()
+@pytest.mark.parametrize("estimator", ["alignment", "decoded"])
+def test_knowledge_control_with_an_exact_estimate_lands_on_its_target(estimator):
+    """λ = 1 with an exact U_φ, or with the decoded statistic of x̂₀ (the random U_φ is then not read)."""
+    tau, means = _guided_means(estimator=estimator)
     # with an exact U_φ the ensemble lands on its target: within half a σ of F₀ for every n
     for n, mean in means.items():
         assert torch.allclose(mean.double(), torch.full_like(mean.double(), tau * (1 + 0.1 * n)), atol=0.05 * tau)
@@ -207,6 +226,15 @@ def test_knowledge_settings_and_runner_errors():
         KnowledgeSettings.from_config({"mode": "steer"})
     with pytest.raises(UserError, match="knowledge.value"):
         KnowledgeSettings.from_config({"mode": "guide", "target": "value"})
+    with pytest.raises(UserError, match="knowledge.step='newton'"):
+        KnowledgeSettings.from_config({"mode": "guide", "step": "newton"})
+    with pytest.raises(UserError, match="knowledge.estimator='exact'"):
+        KnowledgeSettings.from_config({"mode": "guide", "estimator": "exact"})
+    with pytest.raises(UserError, match="knowledge.step=paper reads the alignment network; add "
+                                        "knowledge.estimator=alignment"):
+        KnowledgeSettings.from_config({"mode": "guide", "step": "paper"})
+    with pytest.raises(UserError, match="knowledge.max_shift=0"):
+        KnowledgeSettings.from_config({"mode": "guide", "max_shift": 0})
     task = align_task()
     with pytest.raises(UserError, match="knowledge.constraint=energy"):
         KnowledgeControl(KnowledgeSettings.from_config({"mode": "guide", "constraint": "energy"}), task)

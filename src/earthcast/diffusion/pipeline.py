@@ -32,8 +32,12 @@ class PreDiffPipeline:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        chunks = [self.vae.decode(part / self.latent_scale) for part in z.split(self.decode_chunk)]
-        x = torch.cat(chunks)
+        return torch.cat([self.decode_frames(part) for part in z.split(self.decode_chunk)])
+
+    def decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents → frames on the dataset scale, clamped to the output range, differentiable (knowledge
+        control's decoded estimator differentiates a statistic of them)."""
+        x = self.vae.decode(z / self.latent_scale)
         return x.clamp(*self.output_range) if self.output_range is not None else x
 
     def denoise_fn(self, context_latents: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -9,15 +9,21 @@ t (a LongTensor of shape (B,)). Samplers hold no weights: the same object serves
 Timesteps are spaced "trailing" (Lin et al., 2024): the first step is always t = T−1, so a short chain
 starts from pure noise like the training schedule does, and S = T visits every step.
 
-Guidance. `guidance(x_t, t, variance)` returns a shift that is added to each transition mean — PreDiff's
-knowledge control, μ ← μ − λ·Σ_t·∇E (earthcast.diffusion.knowledge). `variance` is the *ancestral* step
-variance Σ_t (the DDPM posterior variance of the t → t_prev transition): for DDPM it is the step's own
-variance; DDIM with η < 1 borrows it, since its own (zero for η = 0) would silently switch guidance off.
+Guidance (knowledge control, earthcast.diffusion.knowledge) enters a transition in one of two places:
+    guidance.prediction(x_t, t, x̂_0, ᾱ_t) → x̂_0'   a corrected prediction; ε̂ is re-derived from it so that
+        x_t = √ᾱ_t·x̂_0' + √(1−ᾱ_t)·ε̂' still holds. This is a correction of the model's score, so it acts
+        alike in DDPM and in DDIM with any η or number of steps (classifier guidance for DDIM as in
+        Dhariwal & Nichol, 2021, Sec. 4.2), including on the last transition, which returns x̂_0'.
+    guidance.mean_shift(x_t, t, Σ_t) → a shift added to the transition mean (PreDiff's Alg. 2 as written),
+        with Σ_t the *ancestral* step variance (the DDPM posterior variance of t → t_prev); DDIM with η < 1
+        borrows it, since its own (zero for η = 0) would silently switch guidance off.
+Either may return None (no change).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 
@@ -28,7 +34,15 @@ from earthcast.registry import Registry
 SAMPLERS = Registry("sampler")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Guidance = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+class Guidance(Protocol):
+    """Knowledge control's two hooks into a transition (see the module docstring)."""
+
+    def prediction(self, x_t: torch.Tensor, t: int, x0: torch.Tensor,
+                   alpha_bar: torch.Tensor) -> torch.Tensor | None: ...
+
+    def mean_shift(self, x_t: torch.Tensor, t: int, variance: torch.Tensor) -> torch.Tensor | None: ...
 
 
 def trailing_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -69,10 +83,16 @@ class Sampler:
         with torch.no_grad():
             output = denoise(x_t, t_batch)
         x0, eps = self.schedule.split_prediction(x_t, output, t, self.prediction_type)
+        if guidance is not None:
+            corrected = guidance.prediction(x_t.detach(), t, x0, self.schedule.alpha_bar(t))
+            if corrected is not None:
+                x0, eps = corrected, self.schedule.noise_from_prediction(x_t, corrected, t)
         mean, variance = self.schedule.transition(x0, eps, t, t_prev, self.eta)
         if guidance is not None:
             ancestral = self.schedule.step_variance(t, t_prev, eta=1.0).to(x_t.dtype)
-            mean = mean + guidance(x_t.detach(), t, ancestral.to(x_t.device))
+            shift = guidance.mean_shift(x_t.detach(), t, ancestral.to(x_t.device))
+            if shift is not None:
+                mean = mean + shift
         if t_prev < 0 or self.eta == 0:
             return mean, x0
         if noise is None:

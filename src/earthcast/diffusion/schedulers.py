@@ -127,6 +127,11 @@ class NoiseSchedule:
             return sqrt_a * x_t - sqrt_1ma * output, sqrt_1ma * x_t + sqrt_a * output
         return output, (x_t - sqrt_a * output) / sqrt_1ma
 
+    def noise_from_prediction(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The ε̂ that makes x_t = √ᾱ_t·x̂_0 + √(1−ᾱ_t)·ε̂ hold for a given (e.g. corrected) x̂_0."""
+        a = self.alpha_bar(t)
+        return (x_t - _broadcast(a.sqrt(), x_t) * x0) / _broadcast((1 - a).sqrt(), x_t)
+
     # ------------------------------------------------------------------------------------ reverse process
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the DDPM posterior q(x_{t−1} | x_t, x_0), in Ho et al.'s closed form."""

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
 
 from earthcast.data.base import metadata
-from earthcast.diffusion import KnowledgeControl, KnowledgeSettings, Sampler
+from earthcast.diffusion import KnowledgeControl, Sampler
 from earthcast.errors import UserError
 from earthcast.lightning.prediff.latent import LatentDiffusionModule
 from earthcast.metrics import build_evaluator
 
 #: the knowledge/* running sums, reduced over ranks at the end
-SUMS = ("forecast", "observed", "f0", "count", "mean_abs_change", "rms_change", "batches")
+SUMS = ("forecast", "observed", "f0", "count", "mean_abs_change", "rms_change", "batches", "final_energy",
+        "capped_fraction", "guided_batches")
+#: reduced with max over batches and ranks
+MAXIMA = ("projection_max_violation", "largest_correction")
 
 
 def persistence_ensemble(context: torch.Tensor, out_len: int, members: int) -> torch.Tensor:
@@ -42,7 +46,7 @@ class EnsembleSampling(L.LightningModule):
         self.member_evaluator = build_evaluator({**evaluator, "reference": False})
         self.persistence_evaluator = build_evaluator({**evaluator, "reference": False})
         self.sums = dict.fromkeys(SUMS, 0.0)
-        self.max_violation = 0.0
+        self.maxima = dict.fromkeys(MAXIMA, 0.0)
         self.sampling_seconds = 0.0
         self.first_batch: tuple[torch.Tensor, ...] | None = None
 
@@ -54,6 +58,13 @@ class EnsembleSampling(L.LightningModule):
                                                   self.out_len, seed=self.seed + batch_idx, n_sigma=settings.n_sigma,
                                                   units=units, on_step=self.on_step)
         self.sampling_seconds += time.perf_counter() - started
+        if self.control.last_guidance is not None:
+            report = self.control.last_guidance.report()
+            self.sums["final_energy"] += report["final_energy"]
+            self.sums["capped_fraction"] += report.get("capped_fraction", 0.0)
+            self.sums["guided_batches"] += 1
+            self.maxima["largest_correction"] = max(self.maxima["largest_correction"],
+                                                    report.get("largest_correction", 0.0))
         meta = metadata(batch)
         phys = {"forecast": units(forecast), "target": units(targets), "context": units(inputs)}
         if f0 is not None and self.model.constraint.name == "avg_intensity":
@@ -73,7 +84,8 @@ class EnsembleSampling(L.LightningModule):
         if moved is not None:
             for key in ("mean_abs_change", "rms_change"):
                 sums[key] += units.difference(moved[key])
-            self.max_violation = max(self.max_violation, units.difference(moved["max_violation"]))
+            self.maxima["projection_max_violation"] = max(self.maxima["projection_max_violation"],
+                                                          units.difference(moved["max_violation"]))
             sums["batches"] += 1
         if self.first_batch is None:
             self.first_batch = (inputs, targets, forecast)
@@ -84,8 +96,9 @@ class EnsembleSampling(L.LightningModule):
             return dict(self.sums)
         total = self.trainer.strategy.reduce(torch.tensor([self.sums[k] for k in SUMS], dtype=torch.float64,
                                                           device=self.device), reduce_op="sum")
-        self.max_violation = float(self.trainer.strategy.reduce(
-            torch.tensor(self.max_violation, dtype=torch.float64, device=self.device), reduce_op="max"))
+        maxima = self.trainer.strategy.reduce(torch.tensor([self.maxima[k] for k in MAXIMA], dtype=torch.float64,
+                                                           device=self.device), reduce_op="max")
+        self.maxima = dict(zip(MAXIMA, maxima.tolist()))
         return dict(zip(SUMS, total.tolist()))
 
     def test_results(self) -> dict:
@@ -110,10 +123,15 @@ class EnsembleSampling(L.LightningModule):
                        "knowledge/observed_mean_intensity": sums["observed"] / count})
         if self.control.active:
             scores["knowledge/f0_mean_intensity"] = sums["f0"] / count
+        if sums["guided_batches"]:  # how close U_φ ended to F₀, ((U_φ − F₀)/σ)²; the Gauss–Newton corrections
+            scores["knowledge/final_energy"] = sums["final_energy"] / sums["guided_batches"]
+            if settings.step == "gauss_newton":
+                scores["knowledge/capped_fraction"] = sums["capped_fraction"] / sums["guided_batches"]
+                scores["knowledge/largest_correction"] = self.maxima["largest_correction"]
         if sums["batches"]:
             scores.update({f"knowledge/projection_{k}": sums[k] / sums["batches"]
                            for k in ("mean_abs_change", "rms_change")})
-            scores["knowledge/projection_max_violation"] = self.max_violation
+            scores["knowledge/projection_max_violation"] = self.maxima["projection_max_violation"]
         results["scores"] = scores
         results["figures"] = self.figure_rows() if self.trainer.is_global_zero else None
         return results
@@ -131,8 +149,7 @@ class EnsembleSampling(L.LightningModule):
         if not control.active and hasattr(self.model, "align_net"):
             # the figure is about knowledge control: with knowledge=none an alignment checkpoint still shows the
             # guided rows (soft guidance at the configured scale); the scores stay unguided
-            settings = KnowledgeSettings(mode="guide", constraint=self.model.constraint.name,
-                                         scale=control.settings.scale)
+            settings = replace(control.settings, mode="guide", constraint=self.model.constraint.name)
             control = KnowledgeControl(settings, self.model)
         if not control.active:  # an LDM checkpoint: no alignment network, show members instead
             shown = forecast[:, : len(self.figure_n_sigma)]
