@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from earthcast.errors import UserError
+from earthcast.losses import LOSSES
 from earthcast.metrics import build_evaluator
 from earthcast.models import build_model
 from earthcast.tasks.base import TASK_MODULES, EarthcastTask
@@ -22,13 +23,15 @@ TENSOR_KEYS = ("inputs", "targets")
 
 
 def forecast_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if name in LOSSES:  # earthcast.losses: balanced_mse_mae, balanced_mse
+        return LOSSES[name](prediction, target)
     if name == "mse":
         return F.mse_loss(prediction, target)
     if name == "mae":
         return F.l1_loss(prediction, target)
     if name == "mse+mae":
         return F.mse_loss(prediction, target) + F.l1_loss(prediction, target)
-    raise UserError(f"loss={name!r} is not supported; use mse, mae or mse+mae")
+    raise UserError(f"loss={name!r} is not supported; use mse, mae, mse+mae or {', '.join(LOSSES)}")
 
 
 def batch_metadata(batch: dict) -> dict:
