@@ -28,7 +28,7 @@ def test_train_writes_complete_run_directory(trained_run):
     for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                  "metrics.json", "metrics_by_lead.csv", "predictions.nc", "report.md", "logs/csv/metrics.csv"):
         assert (trained_run / path).exists(), path
-    assert list((trained_run / "plots").glob("sequence_*.png"))
+    assert list((trained_run / "plots").glob("sequence_*.png")) and (trained_run / "plots" / "forecast.gif").exists()
     assert list((trained_run / "logs" / "tensorboard").glob("events.out.tfevents*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_samples"] > 0
