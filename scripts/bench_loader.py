@@ -18,28 +18,29 @@ from pathlib import Path
 
 import h5py
 import pandas as pd
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from earthcast.data.sevir import SevirDataModule  # noqa: E402
-from earthcast.errors import UserError  # noqa: E402
+from earthcast.config import config_dir, plain
+from earthcast.data.sevir.reader import SevirDataModule
+from earthcast.errors import UserError
 
 
-def dataset_config(name: str, root: Path, workers: int, batch_size: int):
-    cfg = OmegaConf.load(REPO / "configs" / "dataset" / "sevir.yaml")
-    if name == "sevirlr":
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(REPO / "configs" / "dataset" / "sevirlr.yaml"))
-    cfg.pop("defaults", None)
+def composed_dataset(name: str, *overrides: str) -> dict:
+    """configs/dataset/<name>.yaml as `earthcast train dataset=<name> <overrides>` composes it."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={name}", *overrides, "paths.output_dir=."])
+    return plain(cfg.dataset)
+
+
+def dataset_config(name: str, root: Path, workers: int, batch_size: int) -> dict:
+    """The reader's config for `root`, with frame size and length read from its first VIL file."""
     catalog = pd.read_csv(root / "CATALOG.csv")
     first_file = catalog.loc[catalog["img_type"] == "vil", "file_name"].iloc[0]
     with h5py.File(root / "data" / first_file, "r") as f:
         _, height, width, frames = f["vil"].shape
-    cfg.root, cfg.seed = str(root), 0
-    cfg.height, cfg.width, cfg.frames_per_event = height, width, frames
-    cfg.num_workers, cfg.batch_size, cfg.eval_batch_size = workers, batch_size, batch_size
-    return cfg
+    return {**composed_dataset(name), "root": str(root), "seed": 0, "height": height, "width": width,
+            "frames_per_event": frames, "num_workers": workers, "batch_size": batch_size,
+            "eval_batch_size": batch_size}
 
 
 def measure(cfg, split: str, max_batches: int) -> dict:
@@ -81,11 +82,12 @@ def main() -> None:
     args = parser.parse_args()
     try:
         if not args.root.exists() and args.generate_events:
-            from earthcast.data.sevir_synth import synthesize_sevir
+            from earthcast.data import synthesize
 
             started = time.perf_counter()
-            synthesize_sevir({"root": str(args.root), "height": args.img_size, "width": args.img_size,
-                              "synth": {"n_events": args.generate_events, "img_size": args.img_size, "seed": 0}})
+            synthesize(composed_dataset("sevir_synth", f"dataset.root={args.root}",
+                                        f"dataset.synth.n_events={args.generate_events}",
+                                        f"dataset.synth.img_size={args.img_size}"))
             print(f"generated {args.generate_events} events at {args.img_size}² in "
                   f"{time.perf_counter() - started:.1f} s")
         for workers in args.workers:

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "load_model":
-        from earthcast.models.pretrained import load_model
+        from earthcast.lightning.checkpoint import load_model
 
         return load_model
     raise AttributeError(f"module 'earthcast' has no attribute {name!r}")

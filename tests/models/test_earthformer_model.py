@@ -13,6 +13,7 @@ from earthcast.layers.blocks import PatchMerge, SelfAttentionBlock
 from earthcast.layers.patterns import self_pattern
 from earthcast.models import MODELS, build_model
 from earthcast.models.earthformer import Earthformer, EarthformerConfig, build_earthformer
+from tests.conftest import run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
@@ -34,9 +35,10 @@ def one_thread():
 
 
 def load(name: str, in_len: int, out_len: int, height: int, width: int, channels: int = 1):
-    dataset = dict(in_len=in_len, out_len=out_len, height=height, width=width, channels=channels)
-    cfg = OmegaConf.merge({"dataset": dataset}, {"model": OmegaConf.load(CONFIGS / f"{name}.yaml")})
-    return cfg.model
+    """configs/model/<name>.yaml as Hydra composes it (a variant over its base) for data of this shape."""
+    shape = dict(in_len=in_len, out_len=out_len, height=height, width=width, channels=channels)
+    overrides = [f"model={name}", "dataset=sevir", *(f"dataset.{k}={v}" for k, v in shape.items())]
+    return OmegaConf.create(run_config(overrides)["model"])
 
 
 def tiny(**overrides) -> Earthformer:

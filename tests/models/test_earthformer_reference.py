@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.cli.conftest import earthcast as run_earthcast
 
 import earthcast
+from tests.conftest import earthcast as run_earthcast
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "reference_fixtures"
 pytestmark = pytest.mark.skipif(

@@ -1,22 +1,20 @@
-"""Datasets: real-format readers and synthetic twins, built by registry name from `cfg.dataset`."""
+"""Datasets: real-format readers and synthetic twins, built by registry name from `cfg.dataset`.
+
+    build_datamodule(cfg.dataset)             the LightningDataModule (a missing synthetic twin is generated)
+    synthesize(cfg.dataset) / check(...)      `earthcast data synth` / `earthcast data check`
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
+import shutil
 import time
 from pathlib import Path
 
-from earthcast.data.base import DATASETS, SYNTHESIZERS
+from earthcast.config import plain
+from earthcast.data import enso, sevir  # noqa: F401 - register readers, twins and checkers
+from earthcast.data.base import CHECKERS, DATASETS, SYNTHESIZERS, ForecastDataModule
 from earthcast.errors import UserError
-
-# Modules that register readers and generators on import.
-_DATA_MODULES = ["sevir", "sevir_synth", "enso", "enso_synth"]
-
-
-def _import_datasets() -> None:
-    for name in _DATA_MODULES:
-        importlib.import_module(f"earthcast.data.{name}")
 
 
 def _global_rank() -> int:
@@ -28,20 +26,18 @@ def _global_rank() -> int:
 
 def synthesize(cfg_dataset, force: bool = False, progress: bool = True) -> Path:
     """Write the synthetic twin described by cfg_dataset.synth at cfg_dataset.root."""
-    _import_datasets()
-    synth = cfg_dataset.get("synth")
+    cfg = plain(cfg_dataset)
+    synth = cfg.get("synth")  # only the *_synth datasets have one
     if not synth:
-        raise UserError(f"dataset={cfg_dataset['name']} has no synthetic twin; pick one of the *_synth datasets "
+        raise UserError(f"dataset={cfg['name']} has no synthetic twin; pick one of the *_synth datasets "
                         f"(e.g. dataset=sevir_synth, dataset=enso_synth)")
-    root = Path(cfg_dataset["root"])
+    root = Path(cfg["root"])
     if root.exists():
         if not force:
             return root
-        import shutil
-
         shutil.rmtree(root)
     try:
-        return Path(SYNTHESIZERS.get(str(synth["generator"]))(cfg_dataset, progress=progress))
+        return Path(SYNTHESIZERS.get(str(synth["generator"]))(cfg, progress=progress))
     except (OSError, UserError):
         if force or not root.exists():
             raise
@@ -53,12 +49,13 @@ def synthesize(cfg_dataset, force: bool = False, progress: bool = True) -> Path:
 def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
     """Generate a missing synthetic twin on first use. Only global rank 0 writes (atomically, by rename);
     other ranks wait for the root to appear, so simultaneous SLURM tasks never race."""
-    root = Path(cfg_dataset["root"])
-    if root.exists() or not cfg_dataset.get("synth"):
+    cfg = plain(cfg_dataset)
+    root = Path(cfg["root"])
+    if root.exists() or not cfg.get("synth"):
         return
     if _global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
-        synthesize(cfg_dataset)
+        synthesize(cfg)
         return
     deadline = time.monotonic() + wait_s
     while not root.exists():
@@ -67,11 +64,20 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
         time.sleep(2.0)
 
 
-def build_datamodule(cfg_dataset):
-    """The LightningDataModule for cfg_dataset.name (generating a synthetic twin first if needed)."""
-    _import_datasets()
-    ensure_dataset(cfg_dataset)
-    return DATASETS.get(str(cfg_dataset["name"]))(cfg_dataset)
+def build_datamodule(cfg_dataset, split: str | None = None) -> ForecastDataModule:
+    """The LightningDataModule for cfg_dataset.name (generating a synthetic twin first if needed); with
+    `split`, its test and predict loaders serve that split."""
+    cfg = plain(cfg_dataset)
+    ensure_dataset(cfg)
+    return DATASETS.get(str(cfg["name"]))(cfg, split)
 
 
-__all__ = ["DATASETS", "SYNTHESIZERS", "build_datamodule", "ensure_dataset", "synthesize"]
+def check(cfg_dataset) -> dict:
+    """Validate the root cfg_dataset names: a report whose problems are listed, never raised."""
+    cfg = plain(cfg_dataset)
+    if str(cfg["name"]) not in CHECKERS:
+        raise UserError(f"no checker for dataset={cfg['name']}")
+    return CHECKERS.get(str(cfg["name"]))(cfg)
+
+
+__all__ = ["DATASETS", "SYNTHESIZERS", "build_datamodule", "check", "ensure_dataset", "synthesize"]

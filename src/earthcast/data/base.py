@@ -1,26 +1,63 @@
-"""The data interface every dataset implements.
+"""The data interface every dataset implements, and what their LightningDataModules share.
 
-Datasets are LightningDataModules registered by name in `DATASETS`, built from `cfg.dataset`.
+Datasets are `ForecastDataModule`s registered by name in `DATASETS`, built from `cfg.dataset`.
 Each batch is a dict:
     "inputs":  float32 B × T_in  × H × W × C, normalised for the model (SEVIR: VIL/255)
     "targets": float32 B × T_out × H × W × C, same scale
     plus per-sample metadata that collates to lists/tensors, e.g. SEVIR "event_id", "event_type",
     "time_utc" (ISO strings); ENSO "lat", "lon" (degrees), "init_month".
 A datamodule also provides
-    to_physical(x) -> tensor in physical units (SEVIR: VIL 0–255; ENSO: °C) for the evaluators, and
-    describe() -> dict of facts for reports (name, frame interval in minutes, grid, split sizes).
+    units     `PhysicalUnits`: the model scale back to physical units (SEVIR: VIL 0–255; ENSO: °C), for
+              the evaluators, stored forecasts and figures
+    describe() a dict of facts for reports (name, frame interval in minutes, grid, split sizes).
 """
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import Sampler
+from dataclasses import dataclass
+from typing import Any
 
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from earthcast.errors import UserError
 from earthcast.registry import Registry
 
 DATASETS = Registry("dataset")
-#: synthetic twin generators: name -> callable(cfg) writing a dataset root
+#: synthetic twin generators: name -> callable(cfg_dataset, progress) writing a dataset root
 SYNTHESIZERS = Registry("synthetic dataset")
+#: root validators: name -> callable(cfg_dataset) returning a report dict (`earthcast data check`)
+CHECKERS = Registry("dataset checker")
+
+SPLITS = ("train", "val", "test")
+#: keys of a batch that hold tensors the model reads; the rest is per-sample metadata
+TENSOR_KEYS = ("inputs", "targets")
+
+
+def metadata(batch: dict) -> dict:
+    """The per-sample metadata of a batch (everything but inputs and targets)."""
+    return {key: value for key, value in batch.items() if key not in TENSOR_KEYS}
+
+
+@dataclass(frozen=True)
+class PhysicalUnits:
+    """physical = model value · scale + offset (SEVIR: VIL = x · 255; ENSO: °C = x · (max − min) + min).
+
+    Values convert with the offset, differences (errors, spreads, moves) with the scale alone."""
+
+    scale: float
+    offset: float = 0.0
+
+    def __call__(self, value):
+        return value * self.scale + self.offset if self.offset else value * self.scale
+
+    def difference(self, value):
+        return value * self.scale
+
+    def to_model(self, value):
+        return (value - self.offset) / self.scale if self.offset else value / self.scale
 
 
 def evaluation_sampler(dataset, world_size: int | None = None, rank: int | None = None) -> Sampler | None:
@@ -29,8 +66,8 @@ def evaluation_sampler(dataset, world_size: int | None = None, rank: int | None 
     Lightning's default for val/test is a DistributedSampler, which pads the shares to equal length with
     repeated samples, so the synced metrics count some samples twice. Rank r here gets samples r, r + W, …;
     shares may differ by one batch, which is safe because evaluators sync only at the epoch's end. World size
-    and rank come from the arguments (known to the trainer before the process group exists) or else from the
-    initialised process group; None when there is only one process."""
+    and rank come from the arguments or else from the initialised process group; None when there is only one
+    process."""
     if world_size is None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return None
@@ -40,3 +77,73 @@ def evaluation_sampler(dataset, world_size: int | None = None, rank: int | None 
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+
+
+class ForecastDataModule(L.LightningDataModule):
+    """Loaders of the train/val/test splits from `cfg.dataset`; a subclass supplies `dataset(split)`, `units`
+    and `describe()`.
+
+    Built for evaluation (`split=...`: `earthcast eval` / `predict` / `sample`), the test and predict loaders
+    serve that split; otherwise test serves "test" and predict `dataset.predict_split`."""
+
+    def __init__(self, cfg: dict, split: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.name = str(cfg["name"])
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"] or self.batch_size)
+        self.num_workers = int(cfg["num_workers"])
+        if split is not None and split not in SPLITS:
+            raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        self.test_split = split or "test"
+        self.predict_split = split or str(cfg["predict_split"])
+
+    # -- what a dataset supplies
+    def dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    @property
+    def units(self) -> PhysicalUnits:
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> None:
+        """Read what `split` needs before its loader is built (Lightning's setup)."""
+        self.dataset(split)
+
+    def shuffle_generator(self) -> torch.Generator | None:
+        """The train loader's shuffling RNG; None draws from torch's global RNG (seeded by the run's seed)."""
+        return None
+
+    # -- Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split],
+                  "predict": [self.predict_split]}.get(stage or "", list(SPLITS))
+        for split in needed:
+            self.load_split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split)
+
+    def _loader(self, split: str) -> DataLoader:
+        """Train: shuffled (Lightning adds its distributed sampler under DDP). Evaluation: in order, and under
+        DDP each rank's unrepeated share, which also holds when the train split is evaluated."""
+        dataset = self.dataset(split)
+        fitting = split == "train" and (self.trainer is None or self.trainer.state.fn == TrainerFn.FITTING)
+        sampler = None if fitting else evaluation_sampler(dataset)
+        shuffle = split == "train" and sampler is None
+        return DataLoader(dataset, batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+                          shuffle=shuffle, sampler=sampler,
+                          generator=self.shuffle_generator() if shuffle else None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError

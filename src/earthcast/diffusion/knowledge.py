@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from earthcast.diffusion.constraints import Constraint
+from earthcast.diffusion.pipeline import PreDiffPipeline
+from earthcast.diffusion.samplers import Sampler
 from earthcast.errors import UserError
 
 MODES = ("none", "guide", "project", "guide+project")
@@ -121,3 +123,69 @@ def project_members(constraint: Constraint, members: torch.Tensor, target: torch
     return projected, {"mean_abs_change": float(change.abs().mean()),
                        "rms_change": float(change.pow(2).mean().sqrt()),
                        "max_violation": float(violation)}
+
+
+class KnowledgeControl:
+    """Knowledge control of one alignment model (a prediff_align module: `constraint`, `anticipation`,
+    `predict_statistic`) under `settings`, and `sample`, the one routine that draws an ensemble with it —
+    plain sampling when the settings say none (the default)."""
+
+    def __init__(self, settings: KnowledgeSettings | None = None, model=None):
+        self.settings, self.model = settings or KnowledgeSettings(), model
+        if not self.active:
+            return
+        if not hasattr(model, "align_net"):
+            raise UserError(f"knowledge.mode={self.settings.mode} needs a prediff_align checkpoint (it holds the "
+                            f"alignment network and the F₀ regression); use knowledge=none with an LDM checkpoint")
+        if self.settings.constraint and self.settings.constraint != model.constraint.name:
+            raise UserError(f"knowledge.constraint={self.settings.constraint} but the alignment checkpoint was "
+                            f"trained for {model.constraint.name!r}; use knowledge={model.constraint.name}")
+
+    @property
+    def active(self) -> bool:
+        return self.settings.mode != "none"
+
+    def target(self, inputs: torch.Tensor, n_sigma: float, units=None) -> torch.Tensor:
+        """F₀ (B×K, dataset scale) — from the context regression, or the configured value in physical `units` —
+        clipped to the values the statistic can take (τ − 4σ of a dry scene would ask for a negative mean)."""
+        model = self.model
+        if self.settings.target == "value":
+            k = model.anticipation.coef.shape[1]
+            f0 = torch.full((inputs.shape[0], k), units.to_model(float(self.settings.value)), dtype=torch.float64,
+                            device=inputs.device)
+        else:
+            f0 = model.anticipation.anticipate(model.constraint.context_features(inputs), n_sigma)
+        bounds = model.constraint.statistic_range()
+        return f0 if bounds is None else f0.clamp(*bounds)
+
+    def guidance(self, f0: torch.Tensor, members: int):
+        """`guidance(context_latents)` building the batch's KnowledgeGuidance, or None without guidance."""
+        if not self.settings.guides or self.settings.scale == 0:
+            return None
+        model, target = self.model, f0.repeat_interleave(members, dim=0)
+
+        def build(context_latents):
+            return KnowledgeGuidance(lambda z, t: model.predict_statistic(z, t, context_latents), target,
+                                     model.anticipation.residual_std, self.settings.scale)
+
+        return build
+
+    def project(self, members: torch.Tensor, f0: torch.Tensor):
+        if not self.settings.projects:
+            return members, None
+        return project_members(self.model.constraint, members, f0, self.settings.variance_floor)
+
+    def sample(self, pipeline: PreDiffPipeline, context: torch.Tensor, members: int, sampler: Sampler,
+               out_len: int, *, seed: int, n_sigma: float = 0.0, units=None,
+               on_step: Callable[[int, int], None] | None = None):
+        """(members B×M×T×H×W×C on the dataset scale, F₀ or None, projection stats or None) for one batch; the
+        initial noise comes from `seed` alone, so settings that differ only in F₀ start from the same noise."""
+        f0 = self.target(context, n_sigma, units) if self.active else None
+        generator = torch.Generator(device=context.device).manual_seed(seed)
+        guidance = self.guidance(f0, members) if f0 is not None else None
+        forecast, _ = pipeline.forecast(context, members, sampler, out_len, generator=generator, guidance=guidance,
+                                        on_step=on_step)
+        moved = None
+        if f0 is not None:
+            forecast, moved = self.project(forecast, f0)
+        return forecast, f0, moved

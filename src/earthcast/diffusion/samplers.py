@@ -113,13 +113,12 @@ class DDIMSampler(Sampler):
 
 
 def build_sampler(cfg: Mapping, schedule: NoiseSchedule, prediction_type: str) -> Sampler:
-    """A sampler from {name: ddpm|ddim, steps: int|null, eta: float (ddim only)}."""
-    name = str(cfg.get("name", "ddim"))
+    """A sampler from {name: ddpm|ddim, steps: int|null, eta: float (ddim only)} (configs/sampler/)."""
+    name = str(cfg["name"])
     factory = SAMPLERS.get(name)
-    steps = cfg.get("steps")
-    steps = None if steps is None else int(steps)
+    steps = None if cfg["steps"] is None else int(cfg["steps"])
     if name == "ddpm":
         if cfg.get("eta") not in (None, 1, 1.0):
             raise UserError("sampler.eta applies to ddim only (ddpm is η = 1); drop it or use sampler=ddim")
         return factory(schedule, steps=steps, prediction_type=prediction_type)
-    return factory(schedule, steps=steps, eta=float(cfg.get("eta", 0.0)), prediction_type=prediction_type)
+    return factory(schedule, steps=steps, eta=float(cfg["eta"]), prediction_type=prediction_type)

@@ -72,16 +72,16 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> NoiseSchedule:
-        """{beta_schedule: linear|scaled_linear|cosine, num_timesteps, beta_start, beta_end, cosine_offset}."""
-        kind = str(cfg.get("beta_schedule", "scaled_linear"))
-        steps = int(cfg.get("num_timesteps", 1000))
+        """model.diffusion: {beta_schedule: linear|scaled_linear|cosine, num_timesteps, beta_start, beta_end}
+        (configs/model/prediff_ldm.yaml); cosine takes an optional cosine_offset instead of the β range."""
+        kind = str(cfg["beta_schedule"])
+        steps = int(cfg["num_timesteps"])
         if steps < 1:
             raise UserError(f"model.diffusion.num_timesteps={steps}; it must be ≥ 1 (1000 is usual)")
         if kind == "linear":
-            return cls(linear_betas(steps, float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 2e-2))))
+            return cls(linear_betas(steps, float(cfg["beta_start"]), float(cfg["beta_end"])))
         if kind == "scaled_linear":
-            return cls(scaled_linear_betas(steps, float(cfg.get("beta_start", 1e-4)),
-                                           float(cfg.get("beta_end", 2e-2))))
+            return cls(scaled_linear_betas(steps, float(cfg["beta_start"]), float(cfg["beta_end"])))
         if kind == "cosine":
             return cls(cosine_betas(steps, float(cfg.get("cosine_offset", 0.008))))
         raise UserError(f"model.diffusion.beta_schedule={kind!r}; use one of {', '.join(BETA_SCHEDULES)}")
@@ -94,11 +94,6 @@ class NoiseSchedule:
             raise ValueError(f"timestep out of range [-1, {self.num_timesteps - 1}]")
         padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
         return padded[(t + 1).cpu()]
-
-    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
-        """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t), e.g. for loss weighting."""
-        a = self.alpha_bar(t)
-        return a / (1 - a)
 
     # ------------------------------------------------------------------------------------ forward process
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:

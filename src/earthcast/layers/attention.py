@@ -39,7 +39,7 @@ from earthcast.layers.cuboid import (
     unpad_grid,
 )
 from earthcast.layers.dropout import Dropout, dropout
-from earthcast.layers.init import init_linear
+from earthcast.layers.init import init_linear, zero_linear
 from earthcast.layers.patterns import CrossLayer
 
 
@@ -166,8 +166,10 @@ class CuboidSelfAttention(_CuboidAttentionBase):
     def __init__(self, dim: int, num_heads: int, layer: CuboidLayer, *, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, use_relative_pos: bool = True, use_final_proj: bool = True,
                  padding_type: str = "zeros", norm: str = "layer_norm", use_global_vectors: bool = False,
-                 use_global_self_attn: bool = False, separate_global_qkv: bool = False, global_dim_ratio: int = 1):
+                 use_global_self_attn: bool = False, separate_global_qkv: bool = False, global_dim_ratio: int = 1,
+                 zero_init_proj: bool = False):
         super().__init__(dim, num_heads, tuple(layer.size) if use_relative_pos else None, attn_drop)
+        self.zero_init_proj = zero_init_proj
         if global_dim_ratio != 1 and not separate_global_qkv:
             raise ValueError("global_dim_ratio != 1 needs separate_global_qkv")
         if padding_type not in PADDING_TYPES:
@@ -198,10 +200,13 @@ class CuboidSelfAttention(_CuboidAttentionBase):
         self.reset_parameters()
 
     def reset_parameters(self):
-        # the reference initialises every projection but global_proj, which keeps PyTorch's default
+        # the reference initialises every projection but global_proj, which keeps PyTorch's default;
+        # PreDiff's starts the output projection at zero (`zero_init_proj`)
         for name, layer in self.named_children():
             if name != "global_proj":
                 init_linear(layer)
+        if self.zero_init_proj:
+            zero_linear(self.proj)
 
     def geometry(self, shape: Size3, device) -> _Geometry:
         def build():

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from earthcast.layers.attention import CuboidCrossAttention, CuboidSelfAttention, norm_layer
 from earthcast.layers.cuboid import CuboidLayer, Size3, pad_grid
 from earthcast.layers.dropout import Dropout
-from earthcast.layers.init import init_conv, init_embedding, init_linear
+from earthcast.layers.init import init_conv, init_embedding, init_linear, zero_linear
 from earthcast.layers.patterns import CrossLayer
 
 
@@ -27,10 +27,10 @@ def activation(name: str) -> nn.Module:
 
 class FeedForward(nn.Module):
     """Pre-norm position-wise FFN with its residual: x + drop(W2·drop(act(W1·norm(x)))); gated variant
-    act(W_gate·h) ⊙ W1·h (GLU-style)."""
+    act(W_gate·h) ⊙ W1·h (GLU-style). `zero_init_out` starts W2 at zero (the block starts as the identity)."""
 
     def __init__(self, dim: int, hidden: int, act: str = "gelu", gated: bool = False, dropout: float = 0.0,
-                 norm: str = "layer_norm"):
+                 norm: str = "layer_norm", zero_init_out: bool = False):
         super().__init__()
         self.norm = norm_layer(norm, dim)
         self.fc1 = nn.Linear(dim, hidden)
@@ -40,6 +40,8 @@ class FeedForward(nn.Module):
         self.drop = Dropout(dropout)
         for layer in (self.fc1, self.gate, self.fc2):
             init_linear(layer)
+        if zero_init_out:
+            zero_linear(self.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -58,21 +60,26 @@ class SelfAttentionBlock(nn.Module):
     """Cuboid self-attention layers of one pattern, each followed by an FFN (inter-FFN) or one FFN at the end.
 
     With global vectors every attention layer also returns an update for them; they get their own FFN when
-    `global_ffn`. checkpoint_level 1 recomputes the FFNs in backward, 2 the attention layers as well."""
+    `global_ffn`. checkpoint_level 1 recomputes the FFNs in backward, 2 the attention layers as well.
+    `zero_init_residual` starts every residual branch (attention projection, FFN output) at zero, so the block
+    starts as the identity (PreDiff's reference initialisation; Earthformer's keeps them random)."""
 
     def __init__(self, dim: int, num_heads: int, layers: Sequence[CuboidLayer], *, use_inter_ffn: bool = True,
                  ffn_activation: str = "gelu", gated_ffn: bool = False, ffn_drop: float = 0.0,
                  norm: str = "layer_norm", use_global_vectors: bool = False, global_ffn: bool = False,
-                 global_dim_ratio: int = 1, checkpoint_level: int = 0, **attn_kwargs):
+                 global_dim_ratio: int = 1, checkpoint_level: int = 0, zero_init_residual: bool = False,
+                 **attn_kwargs):
         super().__init__()
         self.use_inter_ffn, self.checkpoint_level = use_inter_ffn, checkpoint_level
         self.attn = nn.ModuleList(
             CuboidSelfAttention(dim, num_heads, layer, norm=norm, use_global_vectors=use_global_vectors,
-                                global_dim_ratio=global_dim_ratio, **attn_kwargs)
+                                global_dim_ratio=global_dim_ratio, zero_init_proj=zero_init_residual,
+                                **attn_kwargs)
             for layer in layers
         )
         num_ffn = len(layers) if use_inter_ffn else 1
-        ffn = dict(act=ffn_activation, gated=gated_ffn, dropout=ffn_drop, norm=norm)
+        ffn = dict(act=ffn_activation, gated=gated_ffn, dropout=ffn_drop, norm=norm,
+                   zero_init_out=zero_init_residual)
         self.ffn = nn.ModuleList(FeedForward(dim, 4 * dim, **ffn) for _ in range(num_ffn))
         global_dim = global_dim_ratio * dim
         self.global_ffn = (
@@ -219,13 +226,18 @@ class Upsample(nn.Module):
     output groups, one per sub-pixel phase, whose kernels are sums of the 3×3 taps: the same function and
     parameters for 4/9 of the multiply-adds. With zero padding 1 the folded convolution yields (h+1)×(w+1)
     positions; phase 0 needs rows i (its window starts one row up), the others rows i+1. Listing phase 0 last
-    makes the pixel shuffle put every phase at the right place shifted by s−1, so one crop finishes the job."""
+    makes the pixel shuffle put every phase at the right place shifted by s−1, so one crop finishes the job.
 
-    def __init__(self, dim: int, out_dim: int, target_hw: tuple[int, int], kernel_size: int = 3):
+    `default_init` keeps PyTorch's initialisation of the convolution (PreDiff's reference) instead of
+    Earthformer's."""
+
+    def __init__(self, dim: int, out_dim: int, target_hw: tuple[int, int], kernel_size: int = 3,
+                 default_init: bool = False):
         super().__init__()
         self.target_hw = tuple(target_hw)
         self.conv = nn.Conv2d(dim, out_dim, kernel_size, padding=kernel_size // 2)
-        init_conv(self.conv)
+        if not default_init:
+            init_conv(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = frames(x)

@@ -1,7 +1,8 @@
-"""The Earthformer reference implementation's weight initialisation (its `apply_initialization` with the
-default modes), applied by each layer to its own parameters. Layers it leaves alone keep PyTorch's default
-initialisation, and so do ours where the reference does (convolutions of the stem and head, the global-vector
-projections)."""
+"""The reference implementations' weight initialisation (Earthformer's `apply_initialization` with its
+default modes; PreDiff uses the same functions with some layers zeroed), applied by each layer to its own
+parameters. Layers the reference leaves alone keep PyTorch's default initialisation, and so do ours where the
+reference does (convolutions of the stem and head, the global-vector projections; in PreDiff also the
+upsampling convolutions and the timestep embedding)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ def init_embedding(layer: nn.Module) -> None:
     """Embeddings: truncated N(0, 0.02²)."""
     if isinstance(layer, nn.Embedding):
         nn.init.trunc_normal_(layer.weight, std=0.02)
+
+
+def zero_linear(layer: nn.Module) -> None:
+    """Zero weights and bias (the reference's linear mode '2'): a residual branch ending in this layer starts
+    as the identity, as PreDiff's denoiser does for its FFN outputs, attention projections and output layer."""
+    if isinstance(layer, nn.Linear):
+        nn.init.zeros_(layer.weight)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)

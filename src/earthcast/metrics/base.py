@@ -19,20 +19,19 @@ import pandas as pd
 import torch
 from torchmetrics import Metric
 
+from earthcast.config import plain
 from earthcast.errors import UserError
 from earthcast.metrics import scores
 from earthcast.registry import Registry
 
 EVALUATORS = Registry("evaluator")
 
-#: config keys read by the training loop rather than by the evaluator's scoring
-MONITOR_MODES = ("max", "min")
 CRPS_ESTIMATORS = ("fair", "plain")
 
 
 def build_evaluator(cfg: Any) -> ForecastEvaluator:
     """Build an evaluator from `cfg` (dict or DictConfig): `name` picks the class, other keys are its options."""
-    options = config_dict(cfg)
+    options = plain(cfg)
     name = options.pop("name", None)
     if not name:
         known = ", ".join(EVALUATORS.names())
@@ -46,21 +45,6 @@ def build_evaluator(cfg: Any) -> ForecastEvaluator:
             f"remove it or use one of: {', '.join(sorted(accepted))}"
         )
     return factory(**options)
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:  # DictConfig → plain containers, resolving interpolations
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))
-    except ImportError:  # pragma: no cover - omegaconf is a project dependency
-        pass
-    if not isinstance(cfg, Mapping):
-        raise UserError(f"evaluator config must be a mapping with a 'name' key, got {type(cfg).__name__}")
-    return dict(cfg)
 
 
 def json_ready(values: Mapping[str, Any]) -> dict[str, float | int | None]:
@@ -131,7 +115,11 @@ def split_forecast(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 
 
 class ForecastEvaluator(Metric):
-    """Shared machinery: option checks, lead-slot bookkeeping, ensemble scores, DDP-synced tables."""
+    """Shared machinery: option checks, lead-slot bookkeeping, ensemble scores, DDP-synced tables.
+
+    A subclass accumulates its states (indexed source × group × lead × …) and supplies the score columns of
+    one source for rows made by `_reduce`: one row for all samples ("all"), one per lead ("lead") or one per
+    group that had samples ("group"); `compute`, `compute_by_lead` and `compute_by_group` are built from them."""
 
     full_state_update = False
     higher_is_better = None
@@ -139,28 +127,23 @@ class ForecastEvaluator(Metric):
     def __init__(
         self,
         *,
-        n_groups: int,
+        group_labels: Sequence[Any],
         max_leads: int,
         max_members: int,
         crps_estimator: str,
         reference: bool,
-        monitor: str,
-        monitor_mode: str,
     ):
         super().__init__()
         _require_positive_int("max_leads", max_leads)
         _require_positive_int("max_members", max_members)
         if crps_estimator not in CRPS_ESTIMATORS:
             raise UserError(f"evaluator.crps_estimator is {crps_estimator!r}; use 'fair' or 'plain'")
-        if monitor_mode not in MONITOR_MODES:
-            raise UserError(f"evaluator.monitor_mode is {monitor_mode!r}; use 'max' or 'min'")
         self.max_leads = int(max_leads)
         self.max_members = int(max_members)
         self.crps_estimator = crps_estimator
         self.reference = bool(reference)
-        #: the training loop early-stops / checkpoints on `val/<monitor>` in direction `monitor_mode`
-        self.monitor = str(monitor)
-        self.monitor_mode = monitor_mode
+        self.group_labels = list(group_labels)
+        n_groups = len(self.group_labels)
         self.n_groups = n_groups
         # how many lead slots were used (max over batches and ranks)
         self.add_state("lead_count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="max")
@@ -214,6 +197,59 @@ class ForecastEvaluator(Metric):
         state.index_add_(0, groups.to(state.device), increment.to(state.device))
 
     # ---------------------------------------------------------------------------------------- compute
+    def compute(self) -> dict[str, float | None]:
+        columns = self._table("all")
+        columns.update(self._rank_histogram())
+        columns.update(self._extra_scores())
+        return json_ready({key: value.flatten()[0] if value.ndim else value for key, value in columns.items()})
+
+    def compute_by_lead(self) -> pd.DataFrame:
+        """One row per lead time (`lead`, 1-based), scores over all samples."""
+        with self._synced():
+            return score_frame({**self._lead_columns(int(self.lead_count)), **self._table("lead")})
+
+    def compute_by_group(self) -> pd.DataFrame:
+        """One row per group that had samples (`group`), scores over all leads."""
+        with self._synced():
+            return score_frame({"group": [self.group_labels[i] for i in self._present()], **self._table("group")})
+
+    def results(self) -> dict[str, Any]:
+        """Scores, per-lead and per-group tables. Each part syncs states across ranks, so under DDP every rank
+        must ask for them (they are collective)."""
+        return {"scores": self.compute(), "by_lead": self.compute_by_lead(), "by_group": self.compute_by_group()}
+
+    def _table(self, by: str) -> dict[str, torch.Tensor]:
+        columns: dict[str, torch.Tensor] = {}
+        for source in self._sources():
+            columns.update(self._source_columns(source, by))
+        columns.update(self._probabilistic_scores(self._reduce(self.probabilistic_sums, by)))
+        return columns
+
+    def _reduce(self, state: torch.Tensor, by: str) -> torch.Tensor:
+        """A group × lead × … state summed into rows: one ("all"), one per lead, or one per present group."""
+        n_leads = int(self.lead_count)
+        if by == "all":
+            return state[:, :n_leads].sum(dim=(0, 1)).unsqueeze(0)
+        if by == "lead":
+            return state[:, :n_leads].sum(dim=0)
+        return state[self._present(), :n_leads].sum(dim=1)
+
+    def _present(self) -> list[int]:
+        """Groups that had samples (of the model's forecasts, source 0)."""
+        return (self.sample_counts[0] > 0).nonzero().flatten().tolist()
+
+    def _lead_columns(self, n_leads: int) -> dict[str, list]:
+        return {"lead": list(range(1, n_leads + 1))}
+
+    def _extra_scores(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _sources(self) -> list[int]:
+        raise NotImplementedError
+
+    def _source_columns(self, source: int, by: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
     def _probabilistic_scores(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
         """Scores from `probabilistic_sums` reduced to (..., 4)."""
         out = {"crps": scores.safe_divide(sums[..., 0], sums[..., 1])}

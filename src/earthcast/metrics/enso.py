@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from earthcast.errors import UserError
@@ -35,9 +34,7 @@ from earthcast.metrics.base import (
     EVALUATORS,
     ForecastEvaluator,
     drop_channel,
-    json_ready,
     require_numbers,
-    score_frame,
     split_forecast,
 )
 from earthcast.metrics.nino import (
@@ -76,8 +73,6 @@ class EnsoEvaluator(ForecastEvaluator):
         crps_estimator: str = "fair",
         max_leads: int = 64,
         max_members: int = 64,
-        monitor: str = "nino34_corr_m",
-        monitor_mode: str = "max",
     ):
         self.lat_range = require_numbers("lat_range", lat_range)
         self.lon_range = require_numbers("lon_range", lon_range)
@@ -88,13 +83,11 @@ class EnsoEvaluator(ForecastEvaluator):
         if not (isinstance(sst_scale, (int, float)) and sst_scale > 0):
             raise UserError(f"evaluator.sst_scale must be a positive number, got {sst_scale!r}")
         super().__init__(
-            n_groups=len(GROUP_LABELS),
+            group_labels=GROUP_LABELS,
             max_leads=max_leads,
             max_members=max_members,
             crps_estimator=crps_estimator,
             reference=reference,
-            monitor=monitor,
-            monitor_mode=monitor_mode,
         )
         self.cos_lat_weight = bool(cos_lat_weight)
         self.running_mean_months = running_mean_months
@@ -150,16 +143,7 @@ class EnsoEvaluator(ForecastEvaluator):
         n_months = target.shape[1]
         device = self.error_sums.device
         groups = groups.to(device)
-        # scaled after summing: differences of integer-valued VIL are then exact in float32
-        error = pred - target
-        error_sums = torch.stack(
-            [
-                scores.spatial_sum(error**2) / self.sst_scale**2,
-                scores.spatial_sum(error.abs()) / self.sst_scale,
-                torch.full_like(error[..., 0, 0], error.shape[-2] * error.shape[-1], dtype=torch.float64),
-            ],
-            dim=-1,
-        )
+        error_sums = scores.error_sums(pred, target, self.sst_scale)
         self.error_sums[source, :, :n_months].index_add_(0, groups, error_sums.to(device))
         self.sample_counts[source].index_add_(0, groups, torch.ones_like(groups))
         if observed_index is not None:
@@ -198,65 +182,36 @@ class EnsoEvaluator(ForecastEvaluator):
         return months - 1
 
     # ----------------------------------------------------------------------------------------- compute
-    def compute(self) -> dict[str, float | None]:
+    def _source_columns(self, source: int, by: str) -> dict[str, torch.Tensor]:
+        """All samples and groups: the headline index scores (and, for all samples, the correlation at each
+        index lead). Leads: the index correlation and RMSE at each lead, NaN beyond the last index lead."""
         n_months = int(self.lead_count)
         n_index_leads = max(n_months - self.running_mean_months + 1, 0)
-        columns: dict[str, torch.Tensor] = {}
-        for source in self._sources():
-            moments = self._source_moments(source)[:, :n_index_leads].sum(dim=0, keepdim=True)
-            columns.update(
-                self._score_columns(
-                    source,
-                    moments=moments,
-                    errors=self.error_sums[source, :, :n_months].sum(dim=(0, 1)).unsqueeze(0),
-                    samples=self.sample_counts[source].sum().unsqueeze(0),
-                )
-            )
+        prefix = SOURCE_PREFIXES[source]
+        moments = self._source_moments(source)[:, :n_index_leads]
+        if by == "lead":
+            moments = moments.sum(dim=0)
+            padding = moments.new_full((n_months - n_index_leads,), float("nan"))
+            columns = {}
             if source != CLIMATOLOGY:
-                corr = scores.pearson_from_moments(moments[0])
-                for lead in range(n_index_leads):
-                    columns[f"{SOURCE_PREFIXES[source]}nino34_corr_lead{lead + 1}"] = corr[lead]
-        columns.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_months].sum(dim=(0, 1))))
-        columns.update(self._rank_histogram())
-        return json_ready({key: value.flatten()[0] if value.ndim else value for key, value in columns.items()})
-
-    def compute_by_lead(self) -> pd.DataFrame:
-        """One row per forecast month (`lead`, 1-based); index columns filled for leads 1..T−window+1."""
-        with self._synced():
-            n_months = int(self.lead_count)
-            n_index_leads = max(n_months - self.running_mean_months + 1, 0)
-            table: dict[str, Any] = {"lead": list(range(1, n_months + 1))}
-            for source in self._sources():
-                prefix = SOURCE_PREFIXES[source]
-                moments = self._source_moments(source)[:, :n_index_leads].sum(dim=0)
-                padding = moments.new_full((n_months - n_index_leads,), float("nan"))
-                if source != CLIMATOLOGY:
-                    table[f"{prefix}nino34_corr"] = torch.cat([scores.pearson_from_moments(moments), padding])
-                table[f"{prefix}nino34_rmse"] = torch.cat([scores.rmse_from_moments(moments), padding])
-                errors = self.error_sums[source, :, :n_months].sum(dim=0)
-                table[f"{prefix}mse"] = scores.safe_divide(errors[:, 0], errors[:, 2])
-                table[f"{prefix}mae"] = scores.safe_divide(errors[:, 1], errors[:, 2])
-            table.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_months].sum(dim=0)))
-            return score_frame(table)
-
-    def compute_by_group(self) -> pd.DataFrame:
-        """One row per initialisation month that had samples (`group`: 1–12 or "unknown")."""
-        with self._synced():
-            n_months = int(self.lead_count)
-            n_index_leads = max(n_months - self.running_mean_months + 1, 0)
-            present = (self.sample_counts[MODEL] > 0).nonzero().flatten().tolist()
-            table: dict[str, Any] = {"group": [GROUP_LABELS[i] for i in present]}
-            for source in self._sources():
-                table.update(
-                    self._score_columns(
-                        source,
-                        moments=self._source_moments(source)[present, :n_index_leads],
-                        errors=self.error_sums[source, present, :n_months].sum(dim=1),
-                        samples=self.sample_counts[source, present],
-                    )
-                )
-            table.update(self._probabilistic_scores(self.probabilistic_sums[present, :n_months].sum(dim=1)))
-            return score_frame(table)
+                columns[f"{prefix}nino34_corr"] = torch.cat([scores.pearson_from_moments(moments), padding])
+            columns[f"{prefix}nino34_rmse"] = torch.cat([scores.rmse_from_moments(moments), padding])
+            errors = self._reduce(self.error_sums[source], by)
+            columns[f"{prefix}mse"] = scores.safe_divide(errors[:, 0], errors[:, 2])
+            columns[f"{prefix}mae"] = scores.safe_divide(errors[:, 1], errors[:, 2])
+            return columns
+        if by == "all":
+            moments, samples = moments.sum(dim=0, keepdim=True), self.sample_counts[source].sum().unsqueeze(0)
+        else:
+            present = self._present()
+            moments, samples = moments[present], self.sample_counts[source, present]
+        columns = self._score_columns(source, moments=moments, errors=self._reduce(self.error_sums[source], by),
+                                      samples=samples)
+        if by == "all" and source != CLIMATOLOGY:
+            corr = scores.pearson_from_moments(moments[0])
+            for lead in range(n_index_leads):
+                columns[f"{prefix}nino34_corr_lead{lead + 1}"] = corr[lead]
+        return columns
 
     def _sources(self) -> list[int]:
         if not self.reference:

@@ -1,8 +1,12 @@
-"""report.md with score tables and PNG plots (matplotlib Agg, no pyplot global state) for one evaluation.
+"""What an evaluation leaves in its run directory, and the summary printed at the end of a command.
+
+    write_evaluation   metrics.json, metrics_by_lead.csv, metrics_by_group.csv, plots/, report.md
+    write_report       report.md with score tables and PNG plots (matplotlib Agg, no pyplot global state)
+    print_summary      the headline scores next to persistence, and where the outputs are
 
 Every headline score is shown next to the persistence/climatology reference computed on the same samples,
-with its skill relative to them. The full per-lead/per-group tables belong in the caller's CSV files; the
-report keeps the headline columns so it stays readable.
+with its skill relative to them. The full per-lead/per-group tables are the CSV files; the report keeps the
+headline columns so it stays readable. Every file is written atomically (earthcast.io).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from earthcast.io import save_figure, write_csv, write_json, write_text
 
 REFERENCE_PREFIXES = ("persistence/", "climatology/")
 #: lower is better: skill is 1 − model/reference (the MSE-skill-score form); for the rest model − reference
@@ -30,6 +38,59 @@ HEADLINE_COLUMNS = re.compile(
     r"nino34_corr|nino34_corr_m|nino34_corr_wm|nino34_rmse)$"
 )
 THRESHOLD_CSI = re.compile(r"^csi_(\d+(?:\.\d+)?)$")
+#: the scores the terminal summary shows first, in this order
+HEADLINE_KEYS = ("csi_m", "csi_219", "csi_m_pool16", "mse", "mae", "crps", "nino34_corr_m", "nino34_corr_wm",
+                 "nino34_rmse")
+
+
+def write_evaluation(run_dir: str | Path, results: Mapping[str, Any], *, split: str, predictions: Path | None,
+                     plot_samples: int, report: bool, frame_minutes: float | None,
+                     about: Mapping[str, Any]) -> dict:
+    """metrics.json (the split first, then the scores), the per-lead and per-group tables, sequence plots of
+    the first `plot_samples` stored forecasts, and report.md. Returns what metrics.json holds."""
+    run_dir = Path(run_dir)
+    scores = {"split": split, **results["scores"]}
+    write_json(run_dir / "metrics.json", scores)
+    if results.get("by_lead") is not None:
+        write_csv(run_dir / "metrics_by_lead.csv", results["by_lead"])
+    if results.get("by_group") is not None and len(results["by_group"]):
+        write_csv(run_dir / "metrics_by_group.csv", results["by_group"])
+    plots = []
+    if predictions is not None and plot_samples:
+        from earthcast.viz import plot_forecast_file
+
+        plots = plot_forecast_file(predictions, run_dir / "plots", n_samples=int(plot_samples),
+                                   frame_minutes=frame_minutes)
+    if report:
+        write_report(run_dir, results["scores"], results.get("by_lead"), results.get("by_group"),
+                     extra={"split": split, **about,
+                            "sequence_plots": [str(p.relative_to(run_dir)) for p in plots]})
+    return scores
+
+
+def summary_keys(scores: Mapping[str, Any]) -> list[str]:
+    """The headline scores present; scores with none of them (e.g. the PreDiff alignment stage's) show all of
+    their own scalar scores instead of an empty table."""
+    keys = [key for key in HEADLINE_KEYS if key in scores]
+    return keys or sorted(k for k, v in scores.items()
+                          if "/" not in k and (v is None or isinstance(v, (int, float))))
+
+
+def print_summary(title: str, scores: Mapping[str, Any], run_dir: Path, outputs: Mapping[str, Path | None]) -> None:
+    """The headline scores beside persistence's, then the run directory and the outputs that exist."""
+    console = Console()
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("persistence", justify="right")
+    for key in summary_keys(scores):
+        value, ref = scores[key], scores.get(f"persistence/{key}")
+        table.add_row(key, *("—" if v is None else f"{v:.4f}" for v in (value, ref)))
+    console.print(table)
+    console.print(f"run directory: {run_dir}")
+    for label, path in outputs.items():
+        if path is not None and Path(path).exists():
+            console.print(f"  {label:<12} {path}")
 
 
 def write_report(
@@ -62,9 +123,7 @@ def write_report(
         lines += ["## Plots", ""]
         lines += [f"![{title}](plots/{name})" for title, name in plots]
         lines.append("")
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    return write_text(run_dir / "report.md", "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -170,7 +229,7 @@ def _line_plot(
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
 
 
 def _rank_histogram(ranks: list[tuple[int, Any]], path: Path) -> None:
@@ -186,4 +245,4 @@ def _rank_histogram(ranks: list[tuple[int, Any]], path: Path) -> None:
     axes.set_title("Rank histogram")
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)

@@ -40,6 +40,15 @@ def spatial_sum(values: torch.Tensor) -> torch.Tensor:
     return values.sum(dim=-1).to(torch.float64).sum(dim=-1)
 
 
+def error_sums(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """(…, 3) per frame: [Σ squared error / scale², Σ absolute error / scale, pixels], the sums behind MSE and
+    MAE on the normalised scale. Scaled after summing: differences of integer-valued fields stay exact."""
+    error = pred - target
+    return torch.stack([spatial_sum(error**2) / scale**2, spatial_sum(error.abs()) / scale,
+                        torch.full_like(error[..., 0, 0], error.shape[-2] * error.shape[-1], dtype=torch.float64)],
+                       dim=-1)
+
+
 def nanmean(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Mean over the finite entries along `dim`; NaN when none is finite."""
     finite = torch.isfinite(values)
@@ -84,7 +93,7 @@ def categorical_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         "pod": safe_divide(hits, hits + misses),
         "sucr": safe_divide(hits, hits + false_alarms),
         "far": safe_divide(false_alarms, hits + false_alarms),
-        # frequency bias; reference code squared a log-scaled variant instead (shared/reference.md)
+        # frequency bias: forecast events over observed events (1 = unbiased)
         "bias": safe_divide(hits + false_alarms, hits + misses),
         "hss": safe_divide(2 * (hits * correct_negatives - misses * false_alarms), hss_denominator),
     }

@@ -6,7 +6,7 @@ Scores (keys in metrics.json; <thr> as written in the config, e.g. csi_16):
   csi_m                             mean CSI over the thresholds whose CSI is defined (see below)
   csi_<thr>_pool<k>, csi_m_pool<k>  the same after k×k non-overlapping max pooling (ceil mode at the edges)
   fss_<thr>_<scale>                 fractions skill score, neighbourhood scale×scale pixels
-  mse, mae                          on VIL/255, as in the published SEVIR tables (reference.md)
+  mse, mae                          on VIL/255, as in the published SEVIR tables (Gao et al. 2022, Table 4)
   crps, spread_skill, rank_hist_<r> ensembles (a deterministic forecast's crps is its MAE)
   mean_intensity_error              |mean forecast VIL − target value| on /255, when meta gives the value
   n_samples
@@ -25,7 +25,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
 import torch
 
 from earthcast.errors import UserError
@@ -34,10 +33,8 @@ from earthcast.metrics.base import (
     EVALUATORS,
     ForecastEvaluator,
     drop_channel,
-    json_ready,
     require_numbers,
     require_sizes,
-    score_frame,
     split_forecast,
     threshold_label,
 )
@@ -80,8 +77,6 @@ class SevirEvaluator(ForecastEvaluator):
         intensity_target_key: str = "target_mean_intensity",
         max_leads: int = 64,
         max_members: int = 64,
-        monitor: str = "csi_m",
-        monitor_mode: str = "max",
     ):
         self.thresholds = require_numbers("thresholds", thresholds)
         self.pool_sizes = require_sizes("pool_sizes", pool_sizes, minimum=2)
@@ -98,13 +93,11 @@ class SevirEvaluator(ForecastEvaluator):
         self.groups = [*event_types, UNLABELED_GROUP, OTHER_GROUP]
         self._group_index = {name.strip().casefold(): i for i, name in enumerate(event_types)}
         super().__init__(
-            n_groups=len(self.groups),
+            group_labels=self.groups,
             max_leads=max_leads,
             max_members=max_members,
             crps_estimator=crps_estimator,
             reference=reference,
-            monitor=monitor,
-            monitor_mode=monitor_mode,
         )
         self.frame_minutes = frame_minutes
         self.value_scale = float(value_scale)
@@ -157,16 +150,7 @@ class SevirEvaluator(ForecastEvaluator):
         groups = groups.to(device)
         self.counts[source, :, :n_leads].index_add_(0, groups, counts.to(device))
 
-        # scaled after summing: differences of integer-valued VIL are then exact in float32
-        error = pred - target
-        error_sums = torch.stack(
-            [
-                scores.spatial_sum(error**2) / self.value_scale**2,
-                scores.spatial_sum(error.abs()) / self.value_scale,
-                torch.full_like(error[..., 0, 0], error.shape[-2] * error.shape[-1], dtype=torch.float64),
-            ],
-            dim=-1,
-        )
+        error_sums = scores.error_sums(pred, target, self.value_scale)
         self.error_sums[source, :, :n_leads].index_add_(0, groups, error_sums.to(device))
         if self.fss_thresholds:
             increment = scores.fss_sums(pred, target, self.fss_thresholds, self.fss_scales)
@@ -208,62 +192,26 @@ class SevirEvaluator(ForecastEvaluator):
         return self._group_index.get(name, self.groups.index(OTHER_GROUP))
 
     # ----------------------------------------------------------------------------------------- compute
-    def compute(self) -> dict[str, float | None]:
+    def _source_columns(self, source: int, by: str) -> dict[str, torch.Tensor]:
         n_leads = int(self.lead_count)
-        columns = {}
-        for source in self._sources():
-            columns.update(
-                self._score_columns(
-                    source,
-                    counts=self.counts[source, :, :n_leads].sum(dim=(0, 1)).unsqueeze(0),
-                    errors=self.error_sums[source, :, :n_leads].sum(dim=(0, 1)).unsqueeze(0),
-                    fss=self.fss_sums[source, :n_leads].sum(dim=0).unsqueeze(0),
-                    samples=self.sample_counts[source].sum().unsqueeze(0),
-                )
-            )
-        columns.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_leads].sum(dim=(0, 1))))
-        columns.update(self._rank_histogram())
+        fss = {"all": self.fss_sums[source, :n_leads].sum(dim=0).unsqueeze(0),
+               "lead": self.fss_sums[source, :n_leads]}.get(by)  # FSS is not kept per group
+        samples = {"all": self.sample_counts[source].sum().unsqueeze(0),
+                   "group": self.sample_counts[source, self._present()]}.get(by)
+        return self._score_columns(source, counts=self._reduce(self.counts[source], by),
+                                   errors=self._reduce(self.error_sums[source], by), fss=fss, samples=samples)
+
+    def _lead_columns(self, n_leads: int) -> dict[str, list]:
+        leads = torch.arange(1, n_leads + 1)
+        columns: dict[str, list] = {"lead": leads.tolist()}
+        if self.frame_minutes is not None:
+            columns["lead_minutes"] = (leads * self.frame_minutes).tolist()
+        return columns
+
+    def _extra_scores(self) -> dict[str, torch.Tensor]:
         if self.intensity_sums[1] > 0:
-            columns["mean_intensity_error"] = scores.safe_divide(self.intensity_sums[0], self.intensity_sums[1])
-        return json_ready({key: value.flatten()[0] if value.ndim else value for key, value in columns.items()})
-
-    def compute_by_lead(self) -> pd.DataFrame:
-        """One row per lead time: `lead` (1-based), `lead_minutes` when frame_minutes is set, then scores."""
-        with self._synced():
-            n_leads = int(self.lead_count)
-            leads = torch.arange(1, n_leads + 1)
-            table: dict[str, Any] = {"lead": leads.tolist()}
-            if self.frame_minutes is not None:
-                table["lead_minutes"] = (leads * self.frame_minutes).tolist()
-            for source in self._sources():
-                table.update(
-                    self._score_columns(
-                        source,
-                        counts=self.counts[source, :, :n_leads].sum(dim=0),
-                        errors=self.error_sums[source, :, :n_leads].sum(dim=0),
-                        fss=self.fss_sums[source, :n_leads],
-                    )
-                )
-            table.update(self._probabilistic_scores(self.probabilistic_sums[:, :n_leads].sum(dim=0)))
-            return score_frame(table)
-
-    def compute_by_group(self) -> pd.DataFrame:
-        """One row per SEVIR event type that had samples (`group` column), scores over all leads."""
-        with self._synced():
-            n_leads = int(self.lead_count)
-            present = (self.sample_counts[MODEL] > 0).nonzero().flatten().tolist()
-            table: dict[str, Any] = {"group": [self.groups[i] for i in present]}
-            for source in self._sources():
-                table.update(
-                    self._score_columns(
-                        source,
-                        counts=self.counts[source, present, :n_leads].sum(dim=1),
-                        errors=self.error_sums[source, present, :n_leads].sum(dim=1),
-                        samples=self.sample_counts[source, present],
-                    )
-                )
-            table.update(self._probabilistic_scores(self.probabilistic_sums[present, :n_leads].sum(dim=1)))
-            return score_frame(table)
+            return {"mean_intensity_error": scores.safe_divide(self.intensity_sums[0], self.intensity_sums[1])}
+        return {}
 
     def _sources(self) -> list[int]:
         if self.reference and int(self.sample_counts[PERSISTENCE].sum()) > 0:

@@ -1,14 +1,6 @@
-"""Score a stored forecast netCDF without any model, streaming it in chunks of samples.
-
-Schema (dims may come in any order; the names are what matter):
-    prediction  (sample, [member,] lead_time, y, x)     SEVIR-like, VIL units 0–255
-                (sample, [member,] lead_time, lat, lon) ENSO, °C anomalies, `lat`/`lon` coordinates in degrees
-    target      the same without `member`
-    context     optional (sample, context_time, y|lat, x|lon): enables persistence scores
-    event_type  optional (sample,) strings — SEVIR groups
-    init_month  optional (sample,) integers 1–12 — ENSO groups
-    target_mean_intensity  optional (sample,) — SEVIR mean-intensity error (VIL units)
-    global attribute `dataset` (sevir, sevirlr, enso) picks the evaluator; `evaluator_cfg` overrides it.
+"""Score a stored forecast netCDF (the schema of docs/forecast_files.md) without any model, streaming it in
+chunks of samples. Dims may come in any order; their names are what matter. The global attribute `dataset`
+picks the evaluator; `evaluator_cfg` overrides it.
 
 Only one chunk of samples is in memory at a time (the file is opened without caching), so memory does not
 grow with the number of samples. Samples with NaN/inf anywhere in prediction, target or context fail the run
@@ -26,8 +18,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from earthcast.config import plain
 from earthcast.errors import UserError
-from earthcast.metrics.base import build_evaluator, config_dict
+from earthcast.metrics.base import build_evaluator
 from earthcast.metrics.enso import EnsoEvaluator
 
 #: evaluator settings implied by the file's `dataset` attribute
@@ -124,7 +117,7 @@ def _check_layout(dataset: xr.Dataset, path: Path) -> _Layout:
 
 
 def _evaluator_config(dataset: xr.Dataset, path: Path, evaluator_cfg: Any) -> dict[str, Any]:
-    override = config_dict(evaluator_cfg)
+    override = plain(evaluator_cfg)
     name = dataset.attrs.get("dataset")
     if name is None:
         if "name" in override:

@@ -7,7 +7,8 @@ import importlib
 from earthcast.models.base import MODELS, Forecaster
 
 # Modules that register models on import; optional ones are skipped when their extra is not installed.
-_MODEL_MODULES = ["persistence", "unet", "convlstm", "extrapolation", "earthformer"]
+_MODEL_MODULES = ["baselines.persistence", "baselines.unet", "baselines.convlstm", "baselines.extrapolation",
+                  "earthformer"]
 
 
 def _import_models() -> None:

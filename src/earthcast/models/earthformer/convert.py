@@ -11,18 +11,17 @@ cuboid geometry), so they are checked for size and dropped.
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from earthcast.errors import UserError
+from earthcast.models import weights
 
 # (reference pattern, earthcast replacement), applied in order to every key; the first rules fix the module
-# path, the later ones the names inside attention blocks.
-KEY_MAP: list[tuple[str, str]] = [
+# path, the later ones the names inside attention blocks (shared with PreDiff, whose reference reuses them).
+MODULE_KEY_MAP: list[tuple[str, str]] = [
     # convolutional stem ('stack_conv': lists of stages; 'conv': one stage)
     (r"^initial_encoder\.conv_block_list\.(\d+)\.", r"stem.convs.\1."),
     (r"^initial_encoder\.conv_block\.", "stem.convs.0."),
@@ -44,7 +43,9 @@ KEY_MAP: list[tuple[str, str]] = [
     (r"^encoder\.down_layer_global_proj\.", "encoder.global_down."),
     (r"^decoder\.upsample_layers\.", "decoder.upsample."),
     (r"^decoder\.hierarchical_pos_embed_l\.", "decoder.pos_embed."),
-    # inside blocks
+]
+CUBOID_BLOCK_KEY_MAP: list[tuple[str, str]] = [
+    # inside the cuboid attention blocks and their FFNs
     (r"\.global_ffn_l\.", ".global_ffn."),
     (r"\.ffn_l\.", ".ffn."),
     (r"\.attn_l\.", ".attn."),
@@ -66,7 +67,8 @@ KEY_MAP: list[tuple[str, str]] = [
     (r"\.W_embed\.", ".w."),
     (r"\.HW_embed\.", ".hw."),
 ]
-_INDEX_BUFFER = re.compile(r"\.relative_position_index$")
+KEY_MAP = MODULE_KEY_MAP + CUBOID_BLOCK_KEY_MAP
+INDEX_BUFFER = re.compile(r"\.relative_position_index$")  # derived from the geometry here: not loaded
 _CROSS_BLOCK = re.compile(r"^decoder\.cross_blocks\.(\d+)\.")
 
 
@@ -84,18 +86,13 @@ def rename(key: str, cross_start: int = 0) -> str:
 def strip_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's own keys from a Lightning checkpoint's state_dict (e.g. `torch_nn_module.encoder...`):
     the prefix is whatever precedes the encoder's first block; keys outside that module are left out."""
-    anchors = [k for k in state_dict if re.search(r"(^|\.)encoder\.blocks\.0\.", k)]
-    if not anchors:
-        return dict(state_dict)
-    prefix = anchors[0][: re.search(r"(^|\.)encoder\.blocks\.0\.", anchors[0]).start()]
-    prefix = prefix + "." if prefix else ""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return weights.strip_prefix(state_dict, r"encoder\.blocks\.0\.")
 
 
 def reference_to_earthcast(state_dict: Mapping[str, torch.Tensor], cross_start: int = 0) -> dict[str, torch.Tensor]:
     """Rename a reference `CuboidTransformerModel` state_dict to earthcast's `Earthformer` (index buffers
     dropped). Pure renaming: the caller checks the result against the model it will be loaded into."""
-    return {rename(k, cross_start): v for k, v in strip_prefix(state_dict).items() if not _INDEX_BUFFER.search(k)}
+    return {rename(k, cross_start): v for k, v in strip_prefix(state_dict).items() if not INDEX_BUFFER.search(k)}
 
 
 # -- reading and checking a published file ------------------------------------------------------------------
@@ -108,28 +105,8 @@ PUBLISHED = {
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a published `.pt` (a plain state_dict) or of a reference Lightning checkpoint, loaded
-    with weights_only=True; one-line UserErrors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}; download the authors' file first (see docs/pretrained.md)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} holds pickled Python objects, not just tensors; weights_only loading refuses it "
-                        f"(only plain state_dicts and Lightning checkpoints of the reference code convert)") from None
-    except Exception as err:  # noqa: BLE001 - truncated zip, wrong format: the same fix for the user
-        raise UserError(f"cannot read {path} ({type(err).__name__}): truncated or not a PyTorch file; "
-                        f"download it again") from None
-    if isinstance(loaded, Mapping) and "earthcast" in loaded:
-        raise UserError(f"{path} is already an earthcast checkpoint; use it as ckpt_path=... or init_from=...")
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not loaded or \
-            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-        kind = type(loaded).__name__ if not isinstance(loaded, Mapping) else "a dict that is not name → tensor"
-        raise UserError(f"{path} holds {kind}, not a state_dict of the reference Earthformer")
-    return dict(loaded)
+    """The tensors of a published `.pt` or of a reference Lightning checkpoint (earthcast.models.weights)."""
+    return weights.read_weights(path, "the reference Earthformer")
 
 
 def describe(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -154,15 +131,6 @@ def convert_for(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
     """`state_dict` (reference names) renamed and checked against `model`: every key present, none extra,
     every shape equal. `target` names the configuration in errors (e.g. 'model=earthformer_enso')."""
     reference = strip_prefix(state_dict)
-    renamed = {rename(k, cross_start): k for k in reference if not _INDEX_BUFFER.search(k)}
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in renamed]
-    unexpected = [renamed[k] for k in renamed if k not in ours]
-    wrong = [f"{renamed[k]} {tuple(reference[renamed[k]].shape)} vs {tuple(ours[k].shape)}"
-             for k in ours if k in renamed and reference[renamed[k]].shape != ours[k].shape]
-    problems = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                for label, keys in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected))
-                if keys]
-    if problems:
-        raise UserError(f"{source} does not fit {target} ({'; '.join(problems)}); it is {describe(state_dict)}")
-    return {ours_key: reference[ref_key].to(ours[ours_key].dtype) for ours_key, ref_key in renamed.items()}
+    renamed = {rename(k, cross_start): k for k in reference if not INDEX_BUFFER.search(k)}
+    return weights.match_keys(model, reference, renamed, source=source, target=target,
+                              description=describe(state_dict))

@@ -1,9 +1,9 @@
-"""PreDiff networks (Gao et al., NeurIPS 2023): frame-wise VAE, Earthformer-UNet denoiser, alignment
-network, and the inference pipeline that chains them. Training lives in earthcast.tasks.prediff."""
+"""PreDiff networks (Gao et al., NeurIPS 2023; github.com/gaozhihan/PreDiff) as the authors released them:
+frame-wise VAE, Earthformer-UNet latent denoiser, knowledge-alignment network, and the converter for the
+authors' weight files. Training lives in earthcast.lightning.prediff, sampling in earthcast.diffusion."""
 
 from earthcast.models.prediff.align import AlignmentNet, build_alignment_net
-from earthcast.models.prediff.pipeline import PreDiffPipeline
-from earthcast.models.prediff.unet import EarthformerUNet, build_unet
+from earthcast.models.prediff.denoiser import EarthformerUNet, build_denoiser
 from earthcast.models.prediff.vae import (
     DiagonalGaussian,
     FrameAutoencoder,
@@ -18,9 +18,8 @@ __all__ = [
     "EarthformerUNet",
     "FrameAutoencoder",
     "PatchDiscriminator",
-    "PreDiffPipeline",
     "build_alignment_net",
     "build_autoencoder",
+    "build_denoiser",
     "build_discriminator",
-    "build_unet",
 ]

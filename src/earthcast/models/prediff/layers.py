@@ -1,9 +1,11 @@
-"""Building blocks shared by the PreDiff networks: convolutional residual blocks (optionally conditioned on
-the diffusion timestep), spatial attention, timestep embeddings, and the Earthformer "level" that
-interleaves time-embedded residual blocks with cuboid self-attention.
+"""Building blocks shared by the PreDiff networks (Gao et al., NeurIPS 2023; github.com/gaozhihan/PreDiff):
+residual blocks (2-D for the VAE, 3-D and timestep-conditioned for the denoiser and the alignment network),
+the timestep embedding, the observation-indicator input, the Earthformer level that applies one
+time-embedded residual block before each of its cuboid self-attention blocks, and the input and down path
+that the denoiser and the alignment network share.
 
-Convolutions run per frame on (N, C, H, W); the Earthformer parts are channels-last (B, T, H, W, C) like
-earthcast.models.earthformer, whose blocks are reused here unchanged.
+Convolutions run channels-first; the Earthformer parts are channels-last (B, T, H, W, C) like
+earthcast.layers, whose cuboid-attention blocks are reused here.
 """
 
 from __future__ import annotations
@@ -15,62 +17,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthcast.layers.blocks import SelfAttentionBlock, frames, unframes
+from earthcast.layers.blocks import PatchMerge, PositionEmbedding, SelfAttentionBlock
+from earthcast.layers.init import init_linear
 from earthcast.layers.patterns import self_pattern
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    """GroupNorm with the largest group count ≤ `groups` that divides `channels` (tiny configs)."""
-    groups = max(1, min(groups, channels))
-    while channels % groups:
-        groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+def group_norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups, or one group per channel when `groups` does not divide `channels`
+    (the reference's rule for its residual blocks, e.g. the 65-channel input of the denoiser)."""
+    return nn.GroupNorm(groups if channels % groups == 0 else channels, channels, eps=eps)
 
 
-class ResnetBlock(nn.Module):
-    """norm → SiLU → 3×3 conv (+ projected timestep embedding) → norm → SiLU → dropout → 3×3 conv, plus a
-    1×1-projected skip when the width changes. The second conv starts at zero, so each block starts as the
-    identity (stable deep stacks, as in DDPM/LDM)."""
+class ResidualBlock(nn.Module):
+    """norm → SiLU → 3×3(×3) conv (+ projected timestep embedding) → norm → SiLU → dropout → 3×3(×3) conv,
+    added to the input (through a 1×1(×1) conv when the width changes).
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 32, dropout: float = 0.0,
-                 embed_dim: int | None = None):
+    dims=2: the VAE's block (diffusers' ResnetBlock2D layout), on (N, C, H, W).
+    dims=3: the denoiser's block (the LDM ResBlock with 3-D convolutions, `zero_init_last`: it starts as the
+    identity), on channels-last sequences (B, T, H, W, C); GroupNorm then normalises over T×H×W."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, dims: int = 2, groups: int = 32,
+                 eps: float = 1e-6, embed_dim: int | None = None, dropout: float = 0.0,
+                 zero_init_last: bool = False):
         super().__init__()
-        self.norm1 = group_norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        self.dims = dims
+        self.norm1 = group_norm(in_channels, groups, eps)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
         self.embed = nn.Linear(embed_dim, out_channels) if embed_dim else None
-        self.norm2 = group_norm(out_channels, groups)
+        self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
+        self.skip = conv(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        if self.embed is not None:
+            init_linear(self.embed)
+        if zero_init_last:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        if self.dims == 3:  # channels-last sequence → (B, C, T, H, W) and back
+            # a contiguous copy: GroupNorm's CPU backward crashes (torch 2.13) on a channels-last input that
+            # needs no gradient itself, e.g. the denoiser's input
+            return self._forward(x.permute(0, 4, 1, 2, 3).contiguous(), embedding).permute(0, 2, 3, 4, 1)
+        return self._forward(x, embedding)
+
+    def _forward(self, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        if self.embed is not None and embedding is not None:
-            h = h + self.embed(F.silu(embedding))[:, :, None, None]
+        if self.embed is not None:
+            h = h + self.embed(F.silu(embedding)).view(*h.shape[:2], *(1,) * self.dims)
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
 
-class SpatialAttention(nn.Module):
-    """Single-head self-attention over the pixels of a frame (the VAE's mid block), with its residual."""
-
-    def __init__(self, channels: int, groups: int = 32):
-        super().__init__()
-        self.norm = group_norm(channels, groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (N, HW, C) each
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(1, 2).reshape(n, c, h, w))
-
-
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of integer timesteps (B,) → (B, dim), as in the Transformer / DDPM."""
+    """Sinusoidal features [cos, sin] of the timesteps t (B,) taken as floats → (B, dim), as in DDPM/LDM."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None]
@@ -79,7 +80,7 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -
 
 
 class TimestepEmbedding(nn.Module):
-    """Sinusoidal features → Linear → SiLU → Linear."""
+    """Sinusoidal features → Linear → SiLU → Linear (PyTorch's default initialisation, as the reference)."""
 
     def __init__(self, base_dim: int, embed_dim: int):
         super().__init__()
@@ -92,7 +93,7 @@ class TimestepEmbedding(nn.Module):
 
 def with_observation_channel(context: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
     """[context ; future] along time, plus a channel that is 1 on observed (context) frames and 0 on the
-    frames to forecast, so attention can tell them apart: (B, T_in + T_out, H, W, C + 1)."""
+    frames to forecast, so the network can tell them apart: (B, T_in + T_out, H, W, C + 1)."""
     sequence = torch.cat([context, future.to(context.dtype)], dim=1)
     indicator = torch.zeros_like(sequence[..., :1])
     indicator[:, : context.shape[1]] = 1
@@ -100,27 +101,78 @@ def with_observation_channel(context: torch.Tensor, future: torch.Tensor) -> tor
 
 
 class EarthformerLevel(nn.Module):
-    """`depth` × [time-embedded residual block per frame → cuboid self-attention block] on a fixed grid."""
+    """One level of the Earthformer-UNet: `depth` × [the level's time-embedded 3-D residual block → a cuboid
+    self-attention block]. The one residual block is applied before each attention block (the reference's
+    layout: one block per level, reused `depth` times)."""
 
     def __init__(self, dim: int, grid: tuple[int, int, int], depth: int, embed_dim: int, *, num_heads: int,
                  pattern: str = "axial", groups: int = 32, dropout: float = 0.0, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, ffn_drop: float = 0.0, use_relative_pos: bool = True,
                  checkpoint_level: int = 0):
         super().__init__()
+        self.res = ResidualBlock(dim, dim, dims=3, groups=groups, eps=1e-5, embed_dim=embed_dim, dropout=dropout,
+                                 zero_init_last=True)
         layers = self_pattern(pattern, grid)
-        self.res = nn.ModuleList(ResnetBlock(dim, dim, groups, dropout, embed_dim) for _ in range(depth))
-        self.attn = nn.ModuleList(
+        self.blocks = nn.ModuleList(
             SelfAttentionBlock(dim, num_heads, layers, ffn_drop=ffn_drop, checkpoint_level=checkpoint_level,
-                               attn_drop=attn_drop, proj_drop=proj_drop, use_relative_pos=use_relative_pos)
+                               attn_drop=attn_drop, proj_drop=proj_drop, use_relative_pos=use_relative_pos,
+                               zero_init_residual=True)
             for _ in range(depth))
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        batch, length = x.shape[:2]
-        per_frame = embedding.repeat_interleave(length, dim=0)  # (B·T, E), frames are batch-major
-        for res, attn in zip(self.res, self.attn):
-            x = unframes(res(frames(x), per_frame), batch)
-            x = attn(x)
+        for block in self.blocks:
+            x = block(self.res(x, embedding))
         return x
+
+
+class NoisyLatentEncoder(nn.Module):
+    """The input and down path the denoiser and the alignment network share (the reference builds both the
+    same way): a 3-D residual block from `in_channels` to base_units (no timestep), a learned position
+    embedding, the timestep embedding, then per level (patch merging ×2 in space, ×2 width between levels)
+    an `EarthformerLevel`. `down_path` returns every level's output and the timestep embedding."""
+
+    def __init__(self, in_channels: int, length: int, latent_hw: int | Sequence[int], base_units: int,
+                 depth: Sequence[int], *, num_heads: int, self_pattern: str, time_embed_mult: int,
+                 norm_groups: int, dropout: float, attn_drop: float, proj_drop: float, ffn_drop: float,
+                 use_relative_pos: bool, checkpoint_level: int = 0):
+        super().__init__()
+        depth = [int(d) for d in depth]
+        self.shapes = level_shapes(length, as_pair(latent_hw), base_units, len(depth))
+        self.embed_dim = time_embed_mult * base_units
+        self.level_options = dict(num_heads=num_heads, pattern=self_pattern, groups=norm_groups, dropout=dropout,
+                                  attn_drop=attn_drop, proj_drop=proj_drop, ffn_drop=ffn_drop,
+                                  use_relative_pos=use_relative_pos, checkpoint_level=checkpoint_level)
+        self.proj_in = ResidualBlock(in_channels, base_units, dims=3, groups=norm_groups, eps=1e-5,
+                                     dropout=proj_drop, zero_init_last=True)
+        self.pos_embed = PositionEmbedding(base_units, *self.shapes[0][:3])
+        self.time_embed = TimestepEmbedding(base_units, self.embed_dim)
+        self.down = self.levels(depth)
+        self.merge = nn.ModuleList(PatchMerge(a[3], b[3], (1, 2, 2)) for a, b in zip(self.shapes, self.shapes[1:]))
+
+    def levels(self, depth: Sequence[int]) -> nn.ModuleList:
+        """One `EarthformerLevel` per level, `depth[i]` attention blocks each."""
+        return nn.ModuleList(EarthformerLevel(s[3], s[:3], int(n), self.embed_dim, **self.level_options)
+                             for s, n in zip(self.shapes, depth))
+
+    def down_path(self, x: torch.Tensor, t: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.pos_embed(self.proj_in(x))
+        embedding = self.time_embed(t)
+        outputs = []
+        for i, level in enumerate(self.down):
+            if i > 0:
+                x = self.merge[i - 1](x)
+            x = level(x, embedding)
+            outputs.append(x)
+        return outputs, embedding
+
+
+def level_shapes(length: int, hw: tuple[int, int], base_units: int, levels: int) -> list[tuple[int, int, int, int]]:
+    """(T, H, W, C) of each level: ×2 patch merging in space and ×2 width per level (odd sides padded)."""
+    (h, w), shapes = hw, []
+    for i in range(levels):
+        shapes.append((length, h, w, base_units * 2**i))
+        h, w = -(-h // 2), -(-w // 2)
+    return shapes
 
 
 def as_pair(value: int | Sequence[int]) -> tuple[int, int]:

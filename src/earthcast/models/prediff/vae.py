@@ -1,10 +1,16 @@
-"""Frame-wise KL autoencoder (PreDiff stage 1; the latent-diffusion VAE of Rombach et al., 2022).
+"""Frame-wise KL autoencoder of PreDiff (stage 1), as released (Gao et al., NeurIPS 2023; the first-stage
+`AutoencoderKL` of github.com/gaozhihan/PreDiff, the latent-diffusion VAE of Rombach et al., 2022, in the
+diffusers layout).
 
 Each frame is encoded on its own: (B, T, H, W, C) → (B, T, H/f, W/f, C_z) with f = 2^(levels − 1).
-Encoder: 3×3 conv → per level `blocks_per_level` residual blocks, then a strided conv (all but the last
-level) → mid block [residual, spatial attention, residual] → norm, SiLU, 3×3 conv to 2·C_z (mean, log σ²).
-The decoder mirrors it with nearest-neighbour upsampling. SEVIR-LR at paper scale: 128×128 → 16×16×64
-with channels [128, 256, 512, 512] (reference.md; the published VAE config).
+  Encoder  3×3 conv → per level `blocks_per_level` residual blocks, then a stride-2 3×3 conv (all but the
+           last level; the frame is padded by one row and column at the bottom/right) → mid block
+           [residual, single-head spatial attention, residual] → GroupNorm, SiLU, 3×3 conv to 2·C_z.
+  Latent   a 1×1 conv mixes (mean, log σ²) before they are split; log σ² is clamped to [−30, 20].
+  Decoder  1×1 conv on z → 3×3 conv → mid block → per level (deepest first) `blocks_per_level + 1` residual
+           blocks, then nearest ×2 upsampling + 3×3 conv (all but the last) → GroupNorm, SiLU, 3×3 conv.
+GroupNorm (ε = 1e-6) everywhere, PyTorch's default initialisation. SEVIR-LR at paper scale: 128×128 → 16×16×64
+with channels [128, 256, 512, 512] and 2 blocks per level (configs/model/prediff_vae_sevirlr.yaml).
 
 `PatchDiscriminator` is the optional adversarial critic (PatchGAN, Isola et al., 2017) scoring overlapping
 patches of single frames; it uses GroupNorm, so no statistic is shared across the batch.
@@ -19,13 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from earthcast.layers.blocks import frames, unframes
-from earthcast.models.prediff.layers import ResnetBlock, SpatialAttention, group_norm
+from earthcast.models.prediff.layers import ResidualBlock, group_norm
+
+VAE_EPS = 1e-6  # the GroupNorm ε of every VAE norm
 
 
 class DiagonalGaussian:
-    """N(mean, exp(logvar)) per latent element; log-variance clamped for numerical safety."""
+    """N(mean, exp(logvar)) per latent element, from the encoder's moments (channels-last, mean first);
+    log-variance clamped to [−30, 20] as in the reference."""
 
     def __init__(self, moments: torch.Tensor):
+        self.moments = moments
         self.mean, logvar = moments.chunk(2, dim=-1)
         self.logvar = logvar.clamp(-30.0, 20.0)
 
@@ -39,15 +49,41 @@ class DiagonalGaussian:
         return kl.flatten(1).sum(dim=1)
 
 
-class _Mid(nn.Module):
+class FrameAttention(nn.Module):
+    """Single-head self-attention over the pixels of a frame, with its residual (the mid block's)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, groups, VAE_EPS)
+        self.query, self.key, self.value = (nn.Linear(channels, channels) for _ in range(3))
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, HW, C)
+        out = F.scaled_dot_product_attention(self.query(tokens), self.key(tokens), self.value(tokens))
+        return x + self.proj(out).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, dropout: float, attention: bool):
         super().__init__()
-        self.res1 = ResnetBlock(channels, channels, groups, dropout)
-        self.attn = SpatialAttention(channels, groups) if attention else nn.Identity()
-        self.res2 = ResnetBlock(channels, channels, groups, dropout)
+        self.res1 = ResidualBlock(channels, channels, groups=groups, eps=VAE_EPS, dropout=dropout)
+        self.attn = FrameAttention(channels, groups) if attention else nn.Identity()
+        self.res2 = ResidualBlock(channels, channels, groups=groups, eps=VAE_EPS, dropout=dropout)
 
     def forward(self, x):
         return self.res2(self.attn(self.res1(x)))
+
+
+def _level(in_channels: int, out_channels: int, blocks: int, groups: int, dropout: float) -> nn.Module:
+    """`blocks` residual blocks, the first changing the width to `out_channels`."""
+    level = nn.Module()
+    level.blocks = nn.ModuleList(
+        ResidualBlock(in_channels if i == 0 else out_channels, out_channels, groups=groups, eps=VAE_EPS,
+                      dropout=dropout)
+        for i in range(blocks))
+    return level
 
 
 class Encoder(nn.Module):
@@ -56,20 +92,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.levels = nn.ModuleList()
-        width = channels[0]
         for i, out in enumerate(channels):
-            blocks = []
-            for _ in range(blocks_per_level):
-                blocks.append(ResnetBlock(width, out, groups, dropout))
-                width = out
-            level = nn.Module()
-            level.blocks = nn.ModuleList(blocks)
-            # stride-2 conv with right/bottom padding: exact halving of even sizes
-            level.down = nn.Conv2d(width, width, 3, stride=2) if i < len(channels) - 1 else None
+            level = _level(channels[max(i - 1, 0)], out, blocks_per_level, groups, dropout)
+            # stride-2 conv after right/bottom padding: exact halving of even sizes
+            level.down = nn.Conv2d(out, out, 3, stride=2) if i < len(channels) - 1 else None
             self.levels.append(level)
-        self.mid = _Mid(width, groups, dropout, mid_attention)
-        self.norm_out = group_norm(width, groups)
-        self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+        self.mid = MidBlock(channels[-1], groups, dropout, mid_attention)
+        self.norm_out = group_norm(channels[-1], groups, VAE_EPS)
+        self.conv_out = nn.Conv2d(channels[-1], 2 * latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -86,21 +116,16 @@ class Decoder(nn.Module):
     def __init__(self, out_channels: int, channels: Sequence[int], blocks_per_level: int, latent_channels: int,
                  groups: int, dropout: float, mid_attention: bool):
         super().__init__()
-        width = channels[-1]
-        self.conv_in = nn.Conv2d(latent_channels, width, 3, padding=1)
-        self.mid = _Mid(width, groups, dropout, mid_attention)
+        self.conv_in = nn.Conv2d(latent_channels, channels[-1], 3, padding=1)
+        self.mid = MidBlock(channels[-1], groups, dropout, mid_attention)
         self.levels = nn.ModuleList()
-        for i, out in reversed(list(enumerate(channels))):
-            blocks = []
-            for _ in range(blocks_per_level + 1):
-                blocks.append(ResnetBlock(width, out, groups, dropout))
-                width = out
-            level = nn.Module()
-            level.blocks = nn.ModuleList(blocks)
-            level.up = nn.Conv2d(width, width, 3, padding=1) if i > 0 else None
+        widths = list(reversed(channels))
+        for i, out in enumerate(widths):
+            level = _level(widths[max(i - 1, 0)], out, blocks_per_level + 1, groups, dropout)
+            level.up = nn.Conv2d(out, out, 3, padding=1) if i < len(widths) - 1 else None
             self.levels.append(level)
-        self.norm_out = group_norm(width, groups)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        self.norm_out = group_norm(channels[0], groups, VAE_EPS)
+        self.conv_out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -163,7 +188,7 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, layers + 1):
             out = channels * min(2**i, 8)
             stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(width, out, 4, stride, 1, bias=False), group_norm(out, norm_groups),
+            blocks += [nn.Conv2d(width, out, 4, stride, 1, bias=False), group_norm(out, norm_groups, 1e-6),
                        nn.LeakyReLU(0.2)]
             width = out
         blocks.append(nn.Conv2d(width, 1, 4, 1, 1))
@@ -175,14 +200,15 @@ class PatchDiscriminator(nn.Module):
 
 
 def build_autoencoder(cfg: Mapping) -> FrameAutoencoder:
-    return FrameAutoencoder(in_channels=int(cfg.get("in_channels", 1)), channels=list(cfg["channels"]),
-                            blocks_per_level=int(cfg.get("blocks_per_level", 2)),
-                            latent_channels=int(cfg["latent_channels"]), norm_groups=int(cfg.get("norm_groups", 32)),
-                            dropout=float(cfg.get("dropout", 0.0)), mid_attention=bool(cfg.get("mid_attention", True)))
+    """From cfg.model.autoencoder (configs/model/prediff_vae.yaml)."""
+    return FrameAutoencoder(in_channels=int(cfg["in_channels"]), channels=list(cfg["channels"]),
+                            blocks_per_level=int(cfg["blocks_per_level"]), latent_channels=int(cfg["latent_channels"]),
+                            norm_groups=int(cfg["norm_groups"]), dropout=float(cfg["dropout"]),
+                            mid_attention=bool(cfg["mid_attention"]))
 
 
-def build_discriminator(cfg: Mapping | None, in_channels: int = 1) -> PatchDiscriminator | None:
-    if not cfg or not cfg.get("enabled", False):
+def build_discriminator(cfg: Mapping, in_channels: int = 1) -> PatchDiscriminator | None:
+    """From cfg.model.discriminator; None when it is not enabled."""
+    if not cfg["enabled"]:
         return None
-    return PatchDiscriminator(in_channels, int(cfg.get("channels", 64)), int(cfg.get("layers", 3)),
-                              int(cfg.get("norm_groups", 32)))
+    return PatchDiscriminator(in_channels, int(cfg["channels"]), int(cfg["layers"]), int(cfg["norm_groups"]))
