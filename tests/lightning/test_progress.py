@@ -33,7 +33,7 @@ class Tiny(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_a_line_per_validation_with_the_time_left_and_one_when_each_phase_ends(tmp_path, caplog):
+def test_a_line_per_validation_and_one_in_testing_with_the_time_left_and_one_when_each_phase_ends(tmp_path, caplog):
     data = DataLoader([{"inputs": torch.ones(2)}] * 8, batch_size=2)  # 4 steps per epoch
     trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, callbacks=[PhaseProgress()], logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
@@ -45,4 +45,5 @@ def test_a_line_per_validation_with_the_time_left_and_one_when_each_phase_ends(t
     assert lines[0].startswith("training   epoch 2/4 · step 8/16 · 0:0") and "left" in lines[0]
     assert lines[1].startswith("training   epoch 4/4 · step 16/16 · ") and "left" not in lines[1]
     assert lines[2].startswith("training   done: 16 steps in 0:0")
-    assert lines[3].startswith("testing    done: 8 samples in 0:0") and len(lines) == 4
+    assert lines[3].startswith("testing    batch 1/4 · 0:0") and "left" in lines[3]
+    assert lines[4].startswith("testing    done: 8 samples in 0:0") and len(lines) == 5

@@ -2,6 +2,7 @@
 
     training   epoch 3/12 · step 150/600 · 1:12 elapsed · about 3:36 left
     training   done: 600 steps in 4:49 (0.48 s/step with validation)
+    testing    batch 4/15 · 0:02 elapsed · about 0:07 left
     testing    done: 117 samples in 0:09
 
 Lightning's progress bar shows the current epoch; this adds the whole phase, so a newcomer running
@@ -30,7 +31,8 @@ def clock(seconds: float) -> str:
 
 class PhaseProgress(Callback):
     """Prints a line after every `every_n_epochs` training epochs (validation included) with the steps done,
-    the elapsed time and an estimate of the time left, and one line when training and testing end."""
+    the elapsed time and an estimate of the time left, one a quarter of the way through testing, and one
+    when training and testing end."""
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = max(1, int(every_n_epochs))
@@ -96,6 +98,13 @@ class PhaseProgress(Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         inputs = batch.get("inputs") if isinstance(batch, dict) else None
         self._test_samples += int(inputs.shape[0]) if inputs is not None else 0
+        # one estimate, a quarter of the way through (from the time per batch so far)
+        total = sum(int(n) for n in trainer.num_test_batches if 0 < n < float("inf"))
+        done = batch_idx + 1
+        if dataloader_idx == 0 and total >= 4 and done == total // 4:
+            elapsed = self._elapsed("testing")
+            self._say(trainer, "testing", f"batch {done}/{total} · {clock(elapsed)} elapsed · "
+                                          f"about {clock(elapsed / done * (total - done))} left")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         samples = f"{self._test_samples} samples" if self._test_samples else "test split"
