@@ -35,7 +35,7 @@ class Tiny(L.LightningModule):
 
 def test_a_line_per_validation_and_one_in_testing_with_the_time_left_and_one_when_each_phase_ends(tmp_path, caplog):
     data = DataLoader([{"inputs": torch.ones(2)}] * 8, batch_size=2)  # 4 steps per epoch
-    trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, callbacks=[PhaseProgress()], logger=False,
+    trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, callbacks=[PhaseProgress(every_n_epochs=1)], logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="earthcast"):

@@ -7,8 +7,8 @@
 
 Lightning's progress bar shows the current epoch; this adds the whole phase, so a newcomer running
 `make demo` knows how long to wait. The estimate is elapsed time per optimizer step (validation included)
-times the steps left. It only prints: training and its results do not depend on it. Wired through the
-callbacks config group (a `_target_` entry, as in configs/experiment/quickstart.yaml), so the CLI is untouched.
+times the steps left. It only prints: training and its results do not depend on it. One of the default
+callbacks (configs/callbacks/default.yaml); `callbacks.phase_progress=null` turns it off.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class PhaseProgress(Callback):
     the elapsed time and an estimate of the time left, one a quarter of the way through testing, and one
     when training and testing end."""
 
-    def __init__(self, every_n_epochs: int = 1):
+    def __init__(self, every_n_epochs: int):
         self.every_n_epochs = max(1, int(every_n_epochs))
         self._started: dict[str, float] = {}
 
