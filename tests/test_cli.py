@@ -1,11 +1,9 @@
-"""The command line: help, Hydra's words passed through, checkpoint overrides replayed, one-line mistakes."""
+"""The command line: help, Hydra's words passed through, checkpoint overrides replayed, tracebacks on request."""
 
 from __future__ import annotations
 
-import pytest
-
 from earthcast.commands import COMMANDS, summary, value_of, with_overrides
-from tests.conftest import TINY_DATA, TINY_TRAIN, assert_one_line_error, earthcast
+from tests.conftest import TINY_DATA, TINY_TRAIN, earthcast
 
 
 def test_top_level_help_lists_every_command(workdir):
@@ -40,14 +38,7 @@ def test_replayed_overrides_go_before_the_command_lines_and_lose_to_them():
     assert value_of(["+ckpt_path='b c'"], "ckpt_path") == "b c"
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["train", "model=nosuchmodel"], ["unknown model 'nosuchmodel'", "unet"]),
-    (["train", "trainer.nosuchkey=1"], ["unknown config key", "trainer.nosuchkey"]),
-    (["eval", "ckpt_path=/nonexistent/best.ckpt"], ["checkpoint not found", "/nonexistent/best.ckpt"]),
-    (["frobnicate"], ["unknown subcommand"]),
-])
-def test_config_mistakes(workdir, args, fragments):
-    assert_one_line_error(earthcast(*args, cwd=workdir, check=False), *fragments)
+# one-line mistakes, command by command: tests/test_bad_input_matrix.py
 
 
 def test_full_traceback_on_request(workdir):

@@ -23,9 +23,11 @@ def test_every_experiment_preset_composes(experiment):
 
 @pytest.mark.parametrize("command", COMMANDS_WITH_RUN_DIRS)
 def test_each_command_runs_in_its_own_directory(command):
-    hydra = OmegaConf.to_container(compose_config([], name=command).hydra, resolve=False)
-    assert hydra["run"]["dir"].startswith("${paths.output_root}/${hydra:job.config_name}/")
-    assert hydra["sweep"]["dir"].startswith("${paths.output_root}/${hydra:job.config_name}/multirun/")
+    cfg = compose_config([], name=command)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert hydra["run"]["dir"] == "${paths.output_root}/${hydra:job.config_name}/${earthcast.run_id:}"
+    # a launcher (hydra/launcher=slurm) resolves the sweep directory before any job's Hydra config exists
+    assert cfg.hydra.sweep.dir.startswith(f"outputs/{command}/multirun/")
     assert hydra["job"]["config_name"] == command and not hydra["job"]["chdir"]
 
 

@@ -13,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from earthcast.errors import UserError
+from earthcast.rundir import run_id
+
+
+def register_resolvers() -> None:
+    """`${earthcast.run_id:}` (the default run directory's last part, earthcast.rundir.run_id)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("earthcast.run_id"):
+        OmegaConf.register_new_resolver("earthcast.run_id", run_id, use_cache=True)
+
+
+register_resolvers()
 
 
 def config_dir() -> Path:

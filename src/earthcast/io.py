@@ -3,7 +3,8 @@
 Files are written under a hidden temporary name beside their target and renamed into place (`os.replace` is
 atomic on one filesystem); directories are built in a hidden sibling and renamed the same way. A crash leaves
 at most a hidden `.<name>.<pid>.tmp`, never a partial file under the real name, so a run directory, a
-predictions file or a synthetic dataset that exists is finished.
+predictions file or a synthetic dataset that exists is finished. Files that must survive a power cut or a node
+failure (checkpoints) are written `durable`: flushed to disk before the rename, and the rename flushed too.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class AtomicFile:
     For files written over a longer span (a forecast file streamed batch by batch), call `begin()`, then
     `commit()` or `discard()`, instead of using the context manager."""
 
-    def __init__(self, path: str | os.PathLike, suffix: str = ""):
+    def __init__(self, path: str | os.PathLike, suffix: str = "", durable: bool = False):
         self.path = Path(path)
         self.tmp = temporary_name(self.path, suffix)
+        self.durable = durable
 
     def begin(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,17 +45,33 @@ class AtomicFile:
         return self.begin()
 
     def __exit__(self, error_type, error, traceback) -> None:
-        if error_type is None:
-            self.commit()
-        else:
+        if error_type is not None:
             self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
 
     def commit(self) -> Path:
+        if self.durable:
+            _fsync(self.tmp)
         os.replace(self.tmp, self.path)
+        if self.durable:
+            _fsync(self.path.parent)
         return self.path
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

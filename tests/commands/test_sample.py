@@ -35,7 +35,7 @@ def test_stages_chain_through_self_contained_checkpoints(sampled):
     assert any(k.startswith("vae.") for k in ldm["state_dict"]) and any(
         k.startswith("denoiser_ema.") for k in ldm["state_dict"])
     ldm_scores = json.loads((prediff_chain["ldm"] / "metrics.json").read_text())
-    assert ldm_scores["crps"] is not None and ldm_scores["spread_skill"] is not None
+    assert ldm_scores["crps"] is not None and ldm_scores["spread_skill_ratio"] is not None
     align_scores = json.loads((prediff_chain["align"] / "metrics.json").read_text())
     for key in ("align_mae_low_noise", "align_mae_high_noise", "anticipation_mae", "persistence_mae"):
         assert align_scores[key] is not None, key
@@ -51,7 +51,7 @@ def test_sample_writes_ensemble_outputs(sampled):
         assert ds.sizes["member"] == 2 and ds.sizes["lead_time"] == 6 and ds.attrs["dataset"] == "sevirlr"
         assert ds.attrs["knowledge"] == "guide" and float(ds["prediction"].max()) <= 255.0
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("crps", "spread_skill", "csi_m", "csi_m_pool4", "csi_m_pool16", "member/csi_m",
+    for key in ("crps", "spread_skill_ratio", "csi_m", "csi_m_pool4", "csi_m_pool16", "member/csi_m",
                 "member/csi_m_pool16", "mean_intensity_error", "persistence_ensemble/crps",
                 "knowledge/f0_mean_intensity", "knowledge/forecast_mean_intensity"):
         assert metrics.get(key) is not None, key

@@ -31,7 +31,7 @@ def test_rank_parts_join_in_dataset_order(tmp_path):
         assert np.array_equal(nc["target"][:, 0, 0, 0], np.arange(7) + 0.5)
         assert list(nc["event_id"][:]) == [f"E{i}" for i in range(7)]
         assert nc["prediction"].filters()["zlib"] and nc["prediction"].chunking() == [1, 3, 4, 5]
-        assert nc["prediction"].units == "VIL (0-255)" and nc.dataset == "sevir" and nc.model == "unet"
+        assert nc["prediction"].units == "1" and nc.dataset == "sevir" and nc.model == "unet"
         assert nc.dimensions["sample"].isunlimited()
 
 
@@ -57,3 +57,22 @@ def test_ensembles_get_a_member_dimension_and_aborted_files_vanish(tmp_path):
     broken.write(members[:, 0], members[:, 0], None, {})
     broken.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.nc"]
+
+
+def test_rank_parts_keep_the_cf_layout(tmp_path):
+    """Fill values, coordinates and times survive the join of a distributed evaluation's parts."""
+    import pandas as pd
+
+    from earthcast.data.base import ForecastLayout
+
+    path = tmp_path / "predictions.nc"
+    layout = ForecastLayout(frame=pd.Timedelta(minutes=5), variable={"units": "1"})
+    for rank in range(2):
+        part = ForecastFile(rank_part_path(path, rank), dataset="sevir", layout=layout)
+        values = torch.full((1, 3, 4, 5, 1), float(rank))
+        part.write(values, values.clone().fill_(float("nan")), None, {"init_time": [f"2020-01-01T0{rank}:00:00"]})
+        part.close()
+    merge_rank_parts(path, 2)
+    with netCDF4.Dataset(path) as nc:
+        assert np.isnan(nc["target"][:].filled(np.nan)).all() and list(nc["lead_time"][:]) == [5, 10, 15]
+        assert list(nc["init_time"][:]) == [26297280.0, 26297340.0] and nc["valid_time"][1, 0] == 26297345.0

@@ -86,6 +86,15 @@ def test_reference_weight_decay_rule_spares_only_layer_norms_and_biases():
         parameter_groups(model, 0.1, rule="timm")
 
 
+def test_all_weight_decay_rule_decays_every_parameter():
+    """PreDiff's reference hands AdamW one parameter list: norms, biases and learned log-variances decay too."""
+    model = nn.ModuleDict({"linear": nn.Linear(4, 4), "group_norm": nn.GroupNorm(2, 4)})
+    model.logvar = nn.Parameter(torch.zeros(10))
+    groups = parameter_groups(model, weight_decay=0.01, rule="all")
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.parameters()}
+
+
 class _Regression(L.LightningModule):
     def __init__(self, optim_cfg):
         super().__init__()

@@ -61,3 +61,20 @@ def test_settings_override_the_trainer_config(tmp_path):
     trainer = runtime.build_trainer(_config(f"paths.output_dir={tmp_path}"), fit=False, progress_bar=False,
                                     limit_test_batches=3, inference_mode=False)
     assert trainer.limit_test_batches == 3 and not trainer.predicting and trainer.progress_bar_callback is None
+
+
+def test_a_resumed_run_continues_its_logs_from_the_checkpoint(tmp_path):
+    """CSV: the rows the log held at the save; TensorBoard: events from the checkpoint's step on are hidden."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from earthcast.lightning.checkpoint import Checkpoint
+    from earthcast.lightning.loggers import ContinuingCSVLogger
+
+    cfg = _config(f"paths.output_dir={tmp_path}", "logger=default")
+    saved = Checkpoint(tmp_path / "last.ckpt", {"state_dict": {}, "global_step": 7,
+                                                 "earthcast": {"log_rows": {"logs/csv/metrics.csv": 3}}})
+    resumed = {type(logger): logger for logger in runtime.build_loggers(cfg, saved)}
+    assert resumed[ContinuingCSVLogger].keep_rows == 3
+    assert resumed[TensorBoardLogger]._kwargs["purge_step"] == 7
+    fresh = {type(logger): logger for logger in runtime.build_loggers(cfg, None)}
+    assert fresh[ContinuingCSVLogger].keep_rows is None and "purge_step" not in fresh[TensorBoardLogger]._kwargs

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from earthcast.metrics import EnsoEvaluator, SevirEvaluator
-from earthcast.metrics.report import summary_keys, write_report
+from earthcast.metrics.report import summary_keys, write_evaluation, write_report
 
 
 def _sevir_results():
@@ -64,3 +64,21 @@ def test_scores_without_headline_keys_are_listed_instead_of_an_empty_table():
               "anticipation_sigma": None, "by_lead": [1, 2], "persistence/x": 0.1}
     assert summary_keys(scores) == ["align_mae_low_noise", "anticipation_mae", "anticipation_sigma",
                                     "persistence_mae"]
+
+
+def test_metrics_json_comes_last_so_it_means_everything_is_there(tmp_path, monkeypatch):
+    metrics, by_lead, by_group = _sevir_results()
+    results = {"scores": metrics, "by_lead": by_lead, "by_group": by_group}
+
+    def report_fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("earthcast.metrics.report.write_report", report_fails)
+    with pytest.raises(OSError):
+        write_evaluation(tmp_path, results, split="test", predictions=None, plot_samples=0, report=True,
+                         frame_minutes=5, about={})
+    assert not (tmp_path / "metrics.json").exists() and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.undo()
+    write_evaluation(tmp_path, results, split="test", predictions=None, plot_samples=0, report=True,
+                     frame_minutes=5, about={})
+    assert (tmp_path / "metrics.json").stat().st_mtime_ns >= (tmp_path / "report.md").stat().st_mtime_ns

@@ -44,7 +44,7 @@ def test_categorical_scores_by_hand():
     _close(result["pod"], 2 / 3)
     _close(result["sucr"], 0.5)
     _close(result["far"], 0.5)
-    _close(result["bias"], 4 / 3)
+    _close(result["frequency_bias"], 4 / 3)
     _close(result["hss"], 0.4)
     # H=1, M=0, F=1, C=10: HSS = 2(1·10 − 0) / (1·10 + 2·11) = 20/32
     _close(scores.categorical_scores(torch.tensor([1, 0, 1, 10]))["hss"], 0.625)
@@ -53,13 +53,13 @@ def test_categorical_scores_by_hand():
 def test_zero_denominators_are_nan_not_one():
     # nothing forecast, nothing observed: every score is 0/0
     none = scores.categorical_scores(torch.tensor([0, 0, 0, 12]))
-    for name in ("csi", "pod", "sucr", "far", "bias", "hss"):
+    for name in ("csi", "pod", "sucr", "far", "frequency_bias", "hss"):
         _close(none[name], nan)
     # observed but never forecast: CSI 0/3, POD 0/3, bias 0/3; SUCR and FAR are 0/0
     missed = scores.categorical_scores(torch.tensor([0, 3, 0, 9]))
     _close(missed["csi"], 0.0)
     _close(missed["pod"], 0.0)
-    _close(missed["bias"], 0.0)
+    _close(missed["frequency_bias"], 0.0)
     _close(missed["sucr"], nan)
     _close(missed["far"], nan)
 
@@ -197,3 +197,12 @@ def test_weighted_nino_scale_is_consistent_with_published_numbers():
     wm_flat = float(scores.nino34_weighted_correlation(torch.full((12,), 0.3221, dtype=torch.float64)))
     slope = (0.447 - wm_flat) / wm_slope
     assert 0 < slope and float((0.3221 + slope * (5.5 - leads)).abs().max()) <= 1.0
+
+
+def test_scores_stored_under_their_old_names_read_as_today():
+    from earthcast.metrics.base import current_score_name
+
+    assert current_score_name("bias_16") == "frequency_bias_16"
+    assert current_score_name("persistence/spread_skill") == "persistence/spread_skill_ratio"
+    assert current_score_name("spread_skill_ratio") == "spread_skill_ratio"
+    assert current_score_name("frequency_bias_74") == "frequency_bias_74" and current_score_name("mse") == "mse"

@@ -34,8 +34,8 @@ def test_hand_computed_scores():
     # FAR 1/2, bias 4/3, HSS 2(14−2)/(3·8 + 4·9) = 0.4
     # thr 74: H=1 M=0 F=1 C=10 → CSI 1/2, POD 1, SUCR 1/2, FAR 1/2, bias 2, HSS 20/32
     expected = {
-        "csi_16": 0.4, "pod_16": 2 / 3, "sucr_16": 0.5, "far_16": 0.5, "bias_16": 4 / 3, "hss_16": 0.4,
-        "csi_74": 0.5, "pod_74": 1.0, "sucr_74": 0.5, "far_74": 0.5, "bias_74": 2.0, "hss_74": 0.625,
+        "csi_16": 0.4, "pod_16": 2 / 3, "sucr_16": 0.5, "far_16": 0.5, "frequency_bias_16": 4 / 3, "hss_16": 0.4,
+        "csi_74": 0.5, "pod_74": 1.0, "sucr_74": 0.5, "far_74": 0.5, "frequency_bias_74": 2.0, "hss_74": 0.625,
         "csi_m": 0.45,  # (0.4 + 0.5)/2
         # 2×2 pooling of 2×3 (ceil mode): windows cols {0,1} and {2}. Lead 1 pred maxima 100, 16; target
         # 74, 15 → thr 16: H=1 F=1 (+2 CN from lead 2) → CSI 1/2; thr 74: H=1, rest CN → CSI 1
@@ -50,7 +50,7 @@ def test_hand_computed_scores():
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-9), key
     assert isinstance(metrics["n_samples"], int)
-    assert "spread_skill" not in metrics and "persistence/csi_m" not in metrics
+    assert "spread_skill_ratio" not in metrics and "persistence/csi_m" not in metrics
     json.dumps(metrics)
 
 
@@ -128,7 +128,7 @@ def test_ensemble_mean_drives_deterministic_scores():
     # CRPS on /255: mean |x − y| = 10; Σ_ij |x_i − x_j| = 40; fair: 10 − 40/(2·2·1) = 0 → 0
     assert metrics["crps"] == pytest.approx(0.0, abs=1e-12)
     # spread: unbiased var 200 × 3/2 = 300 against squared error 0 → undefined
-    assert metrics["spread_skill"] is None
+    assert metrics["spread_skill_ratio"] is None
     # observation between the members: rank 1 of 0..2
     assert [metrics[f"rank_hist_{r}"] for r in range(3)] == [0.0, 1.0, 0.0]
     plain = SevirEvaluator(thresholds=[16], pool_sizes=[], fss_thresholds=[], crps_estimator="plain")
@@ -144,7 +144,7 @@ def test_spread_skill_by_hand():
     evaluator = SevirEvaluator(thresholds=[16], pool_sizes=[], fss_thresholds=[])
     evaluator.update(members, target)
     metrics = evaluator.compute()
-    assert metrics["spread_skill"] == pytest.approx(math.sqrt(112))
+    assert metrics["spread_skill_ratio"] == pytest.approx(math.sqrt(112))
     assert metrics["crps"] == pytest.approx(1 / 30)  # fair CRPS of that case
 
 
@@ -205,7 +205,7 @@ def test_config_files_build_and_registry():
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"thresholds": [16]}, "no 'name'"),
+        ({"thresholds": [16]}, r"has no 'name' \(nor '_target_'\)"),
         ({"name": "radar"}, "unknown evaluator 'radar'"),
         ({"name": "sevir", "threshold": [16]}, "evaluator.threshold is not an option"),
         ({"name": "sevir", "thresholds": []}, "evaluator.thresholds is empty"),

@@ -96,7 +96,7 @@ def test_sevirlr_ensemble_any_dim_order(tmp_path):
     stored = evaluate_stored(path, chunk_size=3)
     _assert_same(stored, _direct(SevirEvaluator(frame_minutes=10), dataset))
     metrics, by_lead, _ = stored
-    assert {"crps", "spread_skill", "rank_hist_0", "rank_hist_3"} <= metrics.keys()
+    assert {"crps", "spread_skill_ratio", "rank_hist_0", "rank_hist_3"} <= metrics.keys()
     assert by_lead["lead_minutes"].tolist() == [10, 20, 30]
 
 
@@ -167,7 +167,7 @@ def test_file_errors(tmp_path):
     "change, message",
     [
         (lambda ds: ds.drop_vars("target"), "no variable 'target'"),
-        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, lead_time, y, x\\)"),
+        (lambda ds: ds.rename({"lead_time": "time"}), "expected \\(sample, \\[member,\\] lead_time, <y>, <x>\\)"),
         (lambda ds: ds.assign(prediction=ds["prediction"].rename({"y": "row"})), "prediction must have"),
         (lambda ds: ds.assign(context=ds["context"].isel(y=0)), "'context' has dims"),
         (lambda ds: ds.assign(event_type=ds["context"]), "'event_type' has dims"),
@@ -188,3 +188,27 @@ def test_enso_needs_coordinates_and_valid_months(tmp_path):
     bad_months = _enso_dataset().assign(init_month=("sample", np.array([1, 2, 3, 4, 5, 13])))
     with pytest.raises(UserError, match="'init_month' must hold calendar months"):
         evaluate_stored(_written(tmp_path, bad_months, "months.nc"))
+
+
+@pytest.mark.parametrize("scale,offset,what", [(4.0, -2.0, "outside the VIL levels 0–255"),
+                                               (1.0, 0.0, "under 1% of the VIL levels 0–255")])
+def test_values_in_other_units_warn_or_fail(tmp_path, caplog, scale, offset, what):
+    dataset = _sevir_dataset()
+    for name in ("prediction", "target", "context"):
+        dataset[name] = dataset[name] / 255.0 * scale + offset
+    path = tmp_path / "other_units.nc"
+    dataset.to_netcdf(path)
+    with caplog.at_level("WARNING", logger="earthcast"):
+        metrics, _, _ = evaluate_stored(path)  # warn: scored, and said
+    assert metrics["n_samples"] == 5 and what in caplog.text and "range_policy=fail" in caplog.text
+    with pytest.raises(UserError, match=what):
+        evaluate_stored(path, range_policy="fail")
+
+
+def test_values_in_the_evaluators_units_pass_silently(tmp_path, caplog):
+    _sevir_dataset().to_netcdf(tmp_path / "vil.nc")
+    _enso_dataset().to_netcdf(tmp_path / "sst.nc")
+    with caplog.at_level("WARNING", logger="earthcast"):
+        evaluate_stored(tmp_path / "vil.nc", range_policy="fail")
+        evaluate_stored(tmp_path / "sst.nc", range_policy="fail")
+    assert "warning" not in caplog.text

@@ -235,3 +235,17 @@ def test_rms_norm_is_the_reference_formula():
     x = torch.tensor([[3.0, 0.0, 4.0, 0.0]])  # ‖x‖ = 5, RMS = 2.5
     expected = torch.tensor([[3.0, 0.0, 12.0, 0.0]]) / (2.5 + 1e-5)
     assert torch.allclose(norm(x), expected)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_activation_checkpointing_changes_memory_not_results(level):
+    """Recomputing activations in backward gives the same output and gradients as storing them."""
+    torch.manual_seed(0)
+    reference = tiny()
+    recomputing = tiny(checkpoint_level=level)
+    recomputing.load_state_dict(reference.state_dict())
+    x = torch.rand(2, 5, 16, 16, 1)
+    for model in (reference, recomputing):
+        model(x).square().mean().backward()
+    for (name, p), q in zip(reference.named_parameters(), recomputing.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

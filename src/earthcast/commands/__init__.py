@@ -16,7 +16,7 @@ import importlib.util
 from types import ModuleType
 
 #: the commands, in the order `earthcast --help` lists them
-COMMANDS = ("train", "eval", "predict", "data", "sample", "info", "convert")
+COMMANDS = ("train", "eval", "report", "predict", "data", "sample", "info", "convert", "runs")
 
 
 def load(name: str) -> ModuleType:

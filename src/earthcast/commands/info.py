@@ -5,6 +5,10 @@ Everything needed to size a run before queueing it, written to info.json:
     earthcast info model=earthformer_sevirlr dataset=sevirlr +bench=true warmup=3 repeats=10   # + timings
 A training step is forward + backward + AdamW on random inputs of the dataset's shape, in
 `trainer.precision`, on the trainer's accelerator; OMP_NUM_THREADS sets the CPU threads.
+
+With bench=true the same run also times a plain square matmul in float32 and bfloat16 on the same device and
+threads, and reports the model's achieved GFLOP/s as a fraction of the matmul rate of the precision it ran in:
+a number comparable across machines (a step time alone is not).
 """
 
 from __future__ import annotations
@@ -138,6 +142,19 @@ def time_calls(fn, warmup: int, repeats: int, sync=None) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+def matmul_rates(device: torch.device, size: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of a size×size matmul (2·size³ FLOPs) in float32 and bfloat16: the machine's practical peak
+    for dense arithmetic, as the model's kernels see it (same device, same threads)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        seconds = time_calls(lambda a=a, b=b: a @ b, warmup=2, repeats=repeats, sync=sync)
+        rates[f"matmul_gflops_per_s_{name}"] = 2 * size**3 / seconds / 1e9
+    return rates
+
+
 def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup: int, repeats: int,
             autocast=contextlib.nullcontext) -> dict:
     device = inputs.device
@@ -173,7 +190,14 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
             facts["inference_s"], _ = time_calls(lambda: model(inputs), warmup, repeats, sync)
         model.train()
         batch = inputs.shape[0]
+        # backward costs about twice the forward (gradients for inputs and weights)
         facts["achieved_gflops_per_s_train"] = 3 * facts["gflops_forward_per_sample"] * batch / facts["train_step_s"]
+        facts["achieved_gflops_per_s_inference"] = facts["gflops_forward_per_sample"] * batch / facts["inference_s"]
+        facts.update(matmul_rates(device))
+        peak = facts["matmul_gflops_per_s_bf16" if autocast is not contextlib.nullcontext else
+                     "matmul_gflops_per_s_fp32"]
+        facts["train_fraction_of_matmul"] = facts["achieved_gflops_per_s_train"] / peak
+        facts["inference_fraction_of_matmul"] = facts["achieved_gflops_per_s_inference"] / peak
     return facts
 
 

@@ -5,7 +5,7 @@
 
 Writes to the run directory
     predictions.nc   members (sample, member, lead_time, y, x) in the stored-forecast schema (VIL 0–255)
-    metrics.json     ensemble scores (crps, spread_skill, csi_m and pooled CSI of the ensemble mean),
+    metrics.json     ensemble scores (crps, spread_skill_ratio, csi_m and pooled CSI of the ensemble mean),
                      member/<key> (the same scores of single members), persistence_ensemble/crps (members =
                      the last context frames held), knowledge/<key> (F₀, achieved mean intensity, projection
                      moves), mean_intensity_error against F₀, sampling_seconds (wall time of drawing the
@@ -67,7 +67,8 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
 
     bars = SamplingProgress(sampler)
     sampling = EnsembleSampling(model.eval(), control, sampler, members, plain(cfg.evaluator), int(cfg.seed),
-                                cfg.figure_n_sigma, int(cfg.figure_samples), on_step=bars.step)
+                                cfg.figure_n_sigma, int(cfg.figure_samples), on_step=bars.step,
+                                bootstrap=plain(cfg.bootstrap))
     writer = ForecastWriter.for_run(cfg, str(cfg.ckpt_path), sampler=sampler.describe(),
                                     knowledge=control.settings.mode, n_sigma=control.settings.n_sigma)
     trainer = build_trainer(cfg, fit=False, callbacks=[writer, bars], progress_bar=False, inference_mode=False,

@@ -4,6 +4,11 @@ Fit on the train split, select the best checkpoint on the validation skill score
 that checkpoint on the test split. `ckpt_path=<run>/checkpoints/last.ckpt` resumes a run in its own run
 directory, with the overrides it was composed with; `init_from=<ckpt>` starts from a trained or converted
 checkpoint's weights with a fresh optimizer and schedule (fine-tuning).
+
+A run directory that already holds checkpoints/last.ckpt of the same run (the same overrides: a requeued SLURM
+job, or the same command with the same hydra.run.dir) is resumed from it without any flag; one of another run
+is refused. Every split is read before the fit, so a problem in the test data shows before hours of
+training. A signal saves last.ckpt at the next step and stops (earthcast.lightning.preemption).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from earthcast.commands import is_override, override_key, value_of
 from earthcast.data import build_datamodule
 from earthcast.errors import UserError
 from earthcast.lightning import Checkpoint, build_module, build_trainer
+from earthcast.lightning.trainer import run_overrides
 from earthcast.lightning.writer import ForecastWriter
 from earthcast.metrics.report import print_summary
+from earthcast.signals import Stopped
 
 log = logging.getLogger("earthcast")
 
@@ -36,12 +43,41 @@ def prepare(words: list[str]) -> list[str]:
 
 def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
     run_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = build_datamodule(cfg.dataset)
-    module = build_module(cfg, checkpoint)
     if checkpoint is not None and checkpoint.converted_from:
         raise UserError(f"{checkpoint.path} holds converted weights without a training state; start from them "
                         f"with init_from={checkpoint.path} instead of ckpt_path=")
+    checkpoint = checkpoint or own_checkpoint(run_dir)
+    try:
+        return fit_and_test(cfg, checkpoint, run_dir)
+    except Stopped as stop:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if stop.message or not last.is_file():
+            raise
+        raise Stopped(stop.signum, f"stopped by {stop.name} outside a training step; {last} holds the last "
+                                   f"save; resume with: earthcast train ckpt_path={last}") from None
+
+
+def own_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """checkpoints/last.ckpt of this run directory when it was written by this same run (same overrides)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    found = Checkpoint.read(last)
+    ours, theirs = sorted(run_overrides()), sorted(found.overrides)
+    if ours != theirs:
+        differ = sorted(set(ours) ^ set(theirs))
+        raise UserError(f"run directory {run_dir} holds another run (overrides differ: {' '.join(differ[:4])}); "
+                        f"continue that one with `earthcast train ckpt_path={last}`, or pick another hydra.run.dir")
+    log.info("resuming from %s (epoch %s, step %s): this run directory's own last checkpoint", last,
+             found.content.get("epoch"), found.content.get("global_step"))
+    return found
+
+
+def fit_and_test(cfg: DictConfig, checkpoint: Checkpoint | None, run_dir: Path) -> dict:
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.dataset)
+    datamodule.check_splits(["train", "val", *(["test"] if cfg.test_after_fit else [])])
+    module = build_module(cfg, checkpoint)
     if cfg.init_from:
         Checkpoint.read(str(cfg.init_from)).load_weights_that_fit(module, strict=bool(cfg.init_strict))
     writer = ForecastWriter.for_run(cfg)
@@ -75,4 +111,15 @@ def run(cfg: DictConfig, checkpoint: Checkpoint | None) -> dict:
             "report": run_dir / "report.md",
             "logs": run_dir / "logs",
         })
-    return scores
+    return optimized_value(trainer, str(cfg.optimized_metric)) if cfg.optimized_metric else scores
+
+
+def optimized_value(trainer, name: str) -> float:
+    """The value a sweeper optimises: the best score of the monitored metric, else its last logged value."""
+    saver = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if saver is not None and saver.monitor == name and saver.best_model_score is not None:
+        return float(saver.best_model_score)
+    if name in trainer.callback_metrics:
+        return float(trainer.callback_metrics[name])
+    logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+    raise UserError(f"optimized_metric={name} was not logged by this run (logged: {logged})")

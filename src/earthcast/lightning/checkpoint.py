@@ -2,22 +2,28 @@
 
 The CLI reads `ckpt_path=` before Hydra composes (the checkpoint's own overrides rebuild its run) and hands
 the same `Checkpoint` to the command; `CheckpointReadOnce` gives it to Lightning too when it resumes from that
-file. `RunOverrides` stores the overrides a run was composed with in every checkpoint it saves.
+file, and saves atomically. `RunRecord` stores the overrides a run was composed with in every checkpoint it
+saves, with what an exact resume needs.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from earthcast import __version__
 from earthcast.errors import UserError
+from earthcast.io import AtomicFile
+from earthcast.rundir import describe_os_error
 
 log = logging.getLogger("earthcast")
 
@@ -62,30 +68,24 @@ class Checkpoint:
 
     @property
     def converted_from(self) -> dict | None:
-        """The published weight file an `earthcast convert` checkpoint was made from (name, sha256)."""
+        """The published weight file(s) an `earthcast convert` checkpoint was made from: {file, sha256}, or for
+        PreDiff one such entry per network ({vae: ..., denoiser: ..., align: ...})."""
         return self.content.get("earthcast", {}).get("converted_from")
 
     def load_weights(self, module) -> None:
-        try:
-            module.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
+        problems = _mismatches(self.state_dict, module.state_dict())
+        if problems:
             raise UserError(f"checkpoint {self.path} does not fit model={module.config['model']['name']} as "
-                            f"configured ({first}); drop the model overrides that differ from the training run"
-                            ) from None
+                            f"configured ({'; '.join(problems)}); drop the model overrides that differ from the "
+                            f"training run")
+        module.load_state_dict(self.state_dict, strict=True)
 
     def load_weights_that_fit(self, module, strict: bool = True) -> None:
         """Start from these weights with a fresh optimizer and schedule (`train init_from=`): every weight must fit
         when `strict`; otherwise those whose name and shape fit load and the rest are listed in one line."""
         source, ours = self.state_dict, module.state_dict()
         fits = {k: v for k, v in source.items() if k in ours and ours[k].shape == v.shape}
-        misfits = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in source.items()
-                   if k in ours and ours[k].shape != v.shape]
-        missing = [k for k in ours if k not in source]
-        unexpected = [k for k in source if k not in ours]
-        problems = [f"{label} {len(keys)} ({', '.join(keys[:3])}{' …' if len(keys) > 3 else ''})"
-                    for label, keys in (("shape mismatch", misfits), ("not in checkpoint", missing),
-                                        ("not in model", unexpected)) if keys]
+        problems = _mismatches(source, ours)
         if problems and strict:
             raise UserError(f"init_from={self.path} does not fit model={module.config['model']['name']}: "
                             f"{'; '.join(problems)}; set init_strict=false to load only the weights that fit")
@@ -100,12 +100,43 @@ class Checkpoint:
             datamodule.load_state_dict(state)
 
 
+def _mismatches(source: dict, ours: dict) -> list[str]:
+    """What keeps `source` weights from loading into a module with state dict `ours`, the first keys named."""
+    misfits = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in source.items()
+               if k in ours and ours[k].shape != v.shape]
+    missing = [k for k in ours if k not in source]
+    unexpected = [k for k in source if k not in ours]
+    return [f"{label} {len(keys)} ({', '.join(keys[:3])}{' …' if len(keys) > 3 else ''})"
+            for label, keys in (("shape mismatch", misfits), ("not in checkpoint", missing),
+                                ("not in model", unexpected)) if keys]
+
+
 class CheckpointReadOnce(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, except that the checkpoint this command already read is not read again."""
+    """Lightning's checkpoint I/O, except that the checkpoint this command already read is not read again, and
+    that a save is atomic in the destination directory and never fails silently."""
 
     def __init__(self, checkpoint: Checkpoint | None):
         super().__init__()
         self.checkpoint = checkpoint
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        """Serialised in memory, written under a temporary name beside `path`, flushed to disk, then renamed:
+        an interrupted or failed save (disk full, quota, permissions) leaves the previous file whole. Staging
+        it elsewhere (another filesystem's $TMPDIR) would make the final move a copy, which is not atomic.
+        Any failure stops the run with one line."""
+        if "://" in str(path):  # object storage: fsspec's transaction, as Lightning does it
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with AtomicFile(path, durable=True) as tmp, open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
+        except OSError as err:
+            kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} exists"
+            raise UserError(f"cannot save checkpoint {path} ({describe_os_error(err)}); training stopped and "
+                            f"{kept}: free space or fix the permissions there, then resume") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         if self.checkpoint is not None and Path(path).resolve() == self.checkpoint.path.resolve():
@@ -113,14 +144,55 @@ class CheckpointReadOnce(TorchCheckpointIO):
         return super().load_checkpoint(path, weights_only=weights_only)
 
 
-class RunOverrides(Callback):
-    """Stores the overrides that rebuild this run (and the earthcast version) in every checkpoint."""
+class RunRecord(Callback):
+    """What every earthcast checkpoint carries beyond Lightning's own state, under "earthcast": the overrides that
+    rebuild the run and the earthcast version; and, for an exact resume, the process's RNG states (restored when
+    Lightning loads the checkpoint) and how many rows each CSV log held at the save (rows a killed run wrote
+    after it are dropped when the resumed run opens the log: earthcast.lightning.loggers)."""
 
     def __init__(self, overrides: list[str]):
         self.overrides = list(overrides)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["earthcast"] = {"overrides": list(self.overrides), "version": __version__}
+        checkpoint["earthcast"] = {"overrides": list(self.overrides), "version": __version__,
+                                   "rng": rng_states(), "log_rows": csv_log_rows(trainer)}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("earthcast", {}).get("rng")
+        if states:
+            set_rng_states(states)
+
+
+def csv_log_rows(trainer) -> dict[str, int]:
+    """{metrics file relative to the run directory: data rows}, after flushing what the CSV loggers buffer."""
+    from earthcast.lightning.loggers import ContinuingCSVLogger
+
+    rows = {}
+    for logger in trainer.loggers:
+        if isinstance(logger, ContinuingCSVLogger) and trainer.is_global_zero:
+            logger.save()
+            path = Path(logger.experiment.metrics_file_path)
+            rows[os.path.relpath(path, trainer.default_root_dir)] = logger.experiment.data_rows()
+    return rows
+
+
+def rng_states() -> dict:
+    """torch (and CUDA), numpy and Python RNG states, as types a weights_only load accepts."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def load_model(ckpt_path: str | os.PathLike):

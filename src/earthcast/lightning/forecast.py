@@ -30,20 +30,21 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         self.loss = LOSSES.get(config["loss"])  # an unknown name fails here, before any step
         self.monitor = config["monitor"]["metric"]
         self.val_evaluator = build_evaluator({**config["evaluator"], "reference": False})
-        self.test_evaluator = build_evaluator(config["evaluator"])
+        # a checkpoint's stored config may have no bootstrap block: its test scores then go without intervals
+        self.test_evaluator = build_evaluator(config["evaluator"], bootstrap=config.get("bootstrap"))
 
     def forecast(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model(batch["inputs"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch["inputs"])
-        loss = self.check_finite(self.loss(prediction, batch["targets"]), "training loss")
+        loss = self.check_finite(self.loss(prediction, batch["targets"], batch.get("mask")), "training loss")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prediction = self.model(batch["inputs"])
-        loss = self.loss(prediction, batch["targets"])
+        loss = self.loss(prediction, batch["targets"], batch.get("mask"))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["inputs"].shape[0])
         self.val_evaluator.update(self.units(prediction), self.units(batch["targets"]), meta=metadata(batch))
 
@@ -53,9 +54,9 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         for key, value in scores.items():
             if "/" in key or value is None or not isinstance(value, (int, float)):
                 continue
-            # NaN monitor (no events at any threshold yet) must not crash checkpointing: log -inf-like floor
+            # NaN monitor (no events at any threshold yet) must not crash checkpointing: log the worst value
             if key == self.monitor and math.isnan(value):
-                value = -1.0
+                value = -1.0 if self.config["monitor"]["mode"] == "max" else math.inf
             self.log(f"val/{key}", float(value), prog_bar=(key == self.monitor), sync_dist=False)
 
     def configure_optimizers(self):

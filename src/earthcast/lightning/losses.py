@@ -1,4 +1,6 @@
-"""Training losses of the forecast module, by name: `loss=<name>` on the model's (normalised) scale.
+"""Training losses of the forecast module, by name: `loss=<name>` on the model's (normalised) scale. Each takes
+an optional `mask` (True where a target point counts, e.g. dataset=gridded's NaN and land points left out): the
+mean then runs over the masked-in points alone.
 
 mse, mae, mse+mae  the plain pixel losses (and their sum)
 balanced_mse       B-MSE alone (below)
@@ -22,7 +24,6 @@ datamodules' normalisation), so a target y on the model's scale is 255·y in VIL
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from earthcast.registry import Registry
 
@@ -44,32 +45,39 @@ def balanced_weights(target: torch.Tensor, scale: float = VIL_SCALE) -> torch.Te
     return weights[torch.bucketize(target, breaks, right=True)]
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 @LOSSES.register("mse")
-def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction, target)
+def mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return masked_mean((prediction - target).square(), mask)
 
 
 @LOSSES.register("mae")
-def mae(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(prediction, target)
+def mae(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return masked_mean((prediction - target).abs(), mask)
 
 
 @LOSSES.register("mse+mae")
-def mse_mae(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction, target) + F.l1_loss(prediction, target)
+def mse_mae(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return mse(prediction, target, mask) + mae(prediction, target, mask)
 
 
 @LOSSES.register("balanced_mse_mae")
-def balanced_mse_mae(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def balanced_mse_mae(prediction: torch.Tensor, target: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """mean(w·e²) + mean(w·|e|) with w = balanced_weights(target); computed in float32."""
     error = prediction.float() - target.float()
     weights = balanced_weights(target)
-    return (weights * error.square()).mean() + (weights * error.abs()).mean()
+    return masked_mean(weights * error.square(), mask) + masked_mean(weights * error.abs(), mask)
 
 
 @LOSSES.register("balanced_mse")
-def balanced_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def balanced_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """mean(w·e²) with w = balanced_weights(target); computed in float32."""
     error = prediction.float() - target.float()
-    return (balanced_weights(target) * error.square()).mean()
-
+    return masked_mean(balanced_weights(target) * error.square(), mask)

@@ -64,8 +64,12 @@ class ForecastTestStep:
         raise NotImplementedError
 
     def _physical(self, batch: dict, batch_idx: int) -> dict:
+        """Forecast, target (None for forecasts from fresh observations) and context in physical units."""
         units = self.units
-        return {"prediction": units(self.forecast(batch, batch_idx)), "target": units(batch["targets"]),
+        target = units(batch["targets"]) if batch.get("targets") is not None else None
+        if target is not None and batch.get("mask") is not None:  # points left out (NaN, land) are missing
+            target = torch.where(batch["mask"], target, torch.nan)
+        return {"prediction": units(self.forecast(batch, batch_idx)), "target": target,
                 "context": units(batch["inputs"]), "meta": metadata(batch)}
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:

@@ -20,7 +20,7 @@ _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d,
                      nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Embedding)
 
 
-WEIGHT_DECAY_RULES = ("earthcast", "reference")
+WEIGHT_DECAY_RULES = ("earthcast", "reference", "all")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, rule: str = "earthcast") -> list[dict]:
@@ -29,7 +29,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, rule: str = "earthca
     'earthcast'  biases, norms, embeddings and every other parameter with fewer than 2 dimensions, plus names a
                  model lists in a timm-style `no_weight_decay()` (e.g. position embeddings, global vectors);
     'reference'  what the Earthformer reference trains with: LayerNorm parameters and parameters whose name
-                 contains "bias" (so embeddings, GroupNorm weights and global vectors are decayed).
+                 contains "bias" (so embeddings, GroupNorm weights and global vectors are decayed);
+    'all'        none: every parameter is decayed, as PreDiff's reference hands AdamW one parameter list.
     """
     if rule not in WEIGHT_DECAY_RULES:
         raise UserError(f"optim.weight_decay_rule={rule!r}: use one of {', '.join(WEIGHT_DECAY_RULES)}")
@@ -40,7 +41,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, rule: str = "earthca
             if not param.requires_grad:
                 continue
             full_name = f"{module_name}.{param_name}" if module_name else param_name
-            if rule == "reference":
+            if rule == "all":
+                exempt = False
+            elif rule == "reference":
                 exempt = isinstance(module, nn.LayerNorm) or "bias" in full_name
             else:
                 exempt = (

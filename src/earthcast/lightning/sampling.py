@@ -32,13 +32,13 @@ def persistence_ensemble(context: torch.Tensor, out_len: int, members: int) -> t
 class EnsembleSampling(L.LightningModule):
     def __init__(self, model: LatentDiffusionModule, control: KnowledgeControl, sampler: Sampler, members: int,
                  evaluator: dict, seed: int, figure_n_sigma: Sequence[float], figure_samples: int,
-                 on_step: Callable[[int, int], None] | None = None):
+                 on_step: Callable[[int, int], None] | None = None, bootstrap: dict | None = None):
         super().__init__()
         self.model, self.control, self.sampler = model, control, sampler
         self.members, self.seed, self.on_step = int(members), int(seed), on_step
         self.figure_n_sigma, self.figure_samples = [float(n) for n in figure_n_sigma], int(figure_samples)
         self.out_len = int(model.config["dataset"]["out_len"])
-        self.ensemble_evaluator = build_evaluator(evaluator)
+        self.ensemble_evaluator = build_evaluator(evaluator, bootstrap=bootstrap)
         self.member_evaluator = build_evaluator({**evaluator, "reference": False})
         self.persistence_evaluator = build_evaluator({**evaluator, "reference": False})
         self.sums = dict.fromkeys(SUMS, 0.0)

@@ -9,11 +9,14 @@ left out of evaluation trainers. On the CPU the allocator setting (`cpu_keep_fre
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (
     Callback,
@@ -23,12 +26,15 @@ from lightning.pytorch.callbacks import (
     ProgressBar,
     WeightAveraging,
 )
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from earthcast.errors import UserError
 from earthcast.lightning.allocator import keep_freed_memory
-from earthcast.lightning.checkpoint import Checkpoint, CheckpointReadOnce, RunOverrides
+from earthcast.lightning.checkpoint import Checkpoint, CheckpointReadOnce, RunRecord
+from earthcast.lightning.loggers import ContinuingCSVLogger
 from earthcast.lightning.optim import accumulation_steps
+from earthcast.lightning.preemption import StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,24 @@ log = logging.getLogger(__name__)
 NATIVE_BF16 = "bf16-mixed-if-native"
 FIT_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, LearningRateMonitor, WeightAveraging)
 MONITOR_MODES = ("max", "min")
+#: loggers a resumed run continues from its checkpoint's step (earthcast.lightning.trainer.build_loggers)
+CONTINUED_LOGGERS = ("earthcast.lightning.loggers.ContinuingCSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")
+
+
+#: loggers that need an optional dependency: logger name → the extra that installs it
+LOGGER_EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def build_logger(name: str, node, **options):
+    """One logger of cfg.logger (`options`: extra keyword arguments); a logger whose package is missing is a
+    one-line error naming the extra."""
+    try:
+        return instantiate(node, **options)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the logger's ImportError in its own exception
+        cause = err.__cause__ or err
+        if name in LOGGER_EXTRAS and isinstance(cause, ImportError | ModuleNotFoundError):
+            raise UserError(f"logger={name} needs its package: pip install 'earthcast[{LOGGER_EXTRAS[name]}]'") from None
+        raise
 
 
 def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None = None,
@@ -61,11 +85,13 @@ def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None =
     if not progress_bar:
         configured = [c for c in configured if not isinstance(c, ProgressBar)]
         kwargs["enable_progress_bar"] = False
-    extra = [RunOverrides(run_overrides())] if fit else []
-    loggers = [instantiate(node) for node in (cfg.logger or {}).values() if node and "_target_" in node] if fit \
-        else False
-    trainer = L.Trainer(callbacks=[*configured, *extra, *callbacks], logger=loggers,
-                        plugins=[CheckpointReadOnce(checkpoint)], default_root_dir=cfg.paths.output_dir, **kwargs)
+    extra = [RunRecord(run_overrides()), stop_on_signal(cfg)] if fit else []
+    loggers = build_loggers(cfg, checkpoint) if fit else False
+    plugins = [CheckpointReadOnce(checkpoint)]
+    if SLURMEnvironment.detect():  # earthcast saves and requeues itself (StopOnSignal), at a step boundary
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = L.Trainer(callbacks=[*configured, *extra, *callbacks], logger=loggers, plugins=plugins,
+                        default_root_dir=cfg.paths.output_dir, **kwargs)
     # on the accelerator Lightning resolved ("auto" included), before the first step allocates anything big
     if isinstance(trainer.accelerator, CPUAccelerator):
         if cfg.cpu_keep_freed_memory:
@@ -74,6 +100,33 @@ def build_trainer(cfg: DictConfig, *, fit: bool, checkpoint: Checkpoint | None =
             log.warning("trainer.precision=%s on a CPU without native bfloat16 (AVX-512 BF16 / AMX): steps will be "
                         "slower than in float32; set trainer.precision=32-true", kwargs["precision"])
     return trainer
+
+
+def stop_on_signal(cfg: DictConfig) -> StopOnSignal:
+    from earthcast.signals import parse_signal
+
+    warning = parse_signal(cfg.preemption.signal) if cfg.preemption.requeue else None
+    return StopOnSignal(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", requeue_signal=warning)
+
+
+def build_loggers(cfg: DictConfig, checkpoint: Checkpoint | None) -> list:
+    """cfg.logger's loggers; resuming from `checkpoint`, each continues its log from the checkpoint's step: a CSV
+    log keeps the rows it held at the save, TensorBoard hides events from the checkpoint's step on (purge_step)."""
+    rows = (checkpoint.content.get("earthcast", {}) if checkpoint else {}).get("log_rows", {})
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if not node or "_target_" not in node:
+            continue
+        options = {}
+        if checkpoint is not None and node["_target_"] in CONTINUED_LOGGERS:
+            target = get_class(node["_target_"])
+            if issubclass(target, ContinuingCSVLogger):
+                metrics = Path(node["save_dir"]) / node["name"] / str(node["version"]) / "metrics.csv"
+                options["keep_rows"] = rows.get(os.path.relpath(metrics, cfg.paths.output_dir))
+            if issubclass(target, TensorBoardLogger):
+                options["purge_step"] = int(checkpoint.content.get("global_step", 0))
+        loggers.append(build_logger(name, node, **options))
+    return loggers
 
 
 def run_overrides() -> list[str]:

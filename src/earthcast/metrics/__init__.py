@@ -13,12 +13,14 @@ renders report.md with plots.
 
 from earthcast.metrics.base import EVALUATORS, ForecastEvaluator, build_evaluator
 from earthcast.metrics.enso import EnsoEvaluator
+from earthcast.metrics.gridded import GriddedEvaluator
 from earthcast.metrics.nino import nino34_index
 from earthcast.metrics.sevir import SevirEvaluator
 
 __all__ = [
     "EVALUATORS",
     "EnsoEvaluator",
+    "GriddedEvaluator",
     "ForecastEvaluator",
     "SevirEvaluator",
     "build_evaluator",

@@ -10,12 +10,17 @@ Scores (keys in metrics.json):
                         score summed these instead, which is not in °C
   mse, mae              SST error over all grid cells and months on the normalised scale of the published
                         table: °C / sst_scale (sst_scale = SST max − min of the training data)
-  crps, spread_skill, rank_hist_<r>  for ensembles, on the same normalised scale
+  crps, spread_skill_ratio, rank_hist_<r>  for ensembles, on the same normalised scale
   n_samples
 With `reference: true`: `persistence/<key>` (last context month repeated; needs a context) and
 `climatology/<key>` (zero anomaly, i.e. the climatological mean; its index correlation is undefined and not
 reported, so climatology carries nino34_rmse, mse, mae).
 Groups: calendar month of the forecast initialisation (meta "init_month", 1–12), "unknown" when absent.
+With a bootstrap (earthcast.metrics.bootstrap) the resampling unit is a model-year: the windows of one CMIP
+model's series whose starts fall in the same 12-month block share their weights (neighbouring windows overlap
+by up to 25 of their 26 months, so resampling single windows would count one ENSO event many times over).
+Every headline score, the correlation and RMSE by index lead, and nino34_corr_m, nino34_corr_wm,
+nino34_rmse, mse, mae by initialisation month get intervals.
 Correlations are accumulated as float64 moment sums (n, Σx, Σy, Σx², Σy², Σxy), so they merge across batches
 and ranks without keeping per-sample indices.
 """
@@ -30,13 +35,9 @@ import torch
 
 from earthcast.errors import UserError
 from earthcast.metrics import scores
-from earthcast.metrics.base import (
-    EVALUATORS,
-    ForecastEvaluator,
-    drop_channel,
-    require_numbers,
-    split_forecast,
-)
+from earthcast.metrics.base import EVALUATORS, ForecastEvaluator
+from earthcast.metrics.bootstrap import weighted_sum
+from earthcast.metrics.inputs import drop_channel, require_numbers, split_forecast
 from earthcast.metrics.nino import (
     NINO34_LAT_RANGE,
     NINO34_LON_RANGE,
@@ -62,6 +63,12 @@ UNKNOWN_MONTH = 12  # group index
 class EnsoEvaluator(ForecastEvaluator):
     """Accumulates ICAR-ENSO scores over batches; see the module docstring for the keys."""
 
+    SAMPLE_IDS = "model@seq_start"
+    RESAMPLING_UNIT = "model-years (CMIP model, 12-month block of window starts)"
+    # SST anomalies in °C: the largest in CMIP runs and observations stay well inside ±20 °C, while absolute SST
+    # (°C or K) or radar levels fall outside
+    VALUE_RANGE = (-20.0, 20.0, "SST anomalies in °C")
+
     def __init__(
         self,
         lat_range: Sequence[float] = NINO34_LAT_RANGE,
@@ -73,6 +80,7 @@ class EnsoEvaluator(ForecastEvaluator):
         crps_estimator: str = "fair",
         max_leads: int = 64,
         max_members: int = 64,
+        bootstrap: Any = None,
     ):
         self.lat_range = require_numbers("lat_range", lat_range)
         self.lon_range = require_numbers("lon_range", lon_range)
@@ -88,6 +96,7 @@ class EnsoEvaluator(ForecastEvaluator):
             max_members=max_members,
             crps_estimator=crps_estimator,
             reference=reference,
+            bootstrap=bootstrap,
         )
         self.cos_lat_weight = bool(cos_lat_weight)
         self.running_mean_months = running_mean_months
@@ -100,6 +109,13 @@ class EnsoEvaluator(ForecastEvaluator):
         moments = torch.zeros(2, n_groups, max_leads, len(scores.MOMENT_FIELDS), dtype=torch.float64)
         self.add_state("nino_moments", moments, dist_reduce_fx="sum")
         self.add_state("sample_counts", torch.zeros(3, n_groups, dtype=torch.int64), dist_reduce_fx="sum")
+        if self.bootstrap.active:
+            self.group_index_leads = min(max_leads, SCORED_LEADS)
+            self.add_replicate_state("replicate_errors_lead", (3, max_leads, 3))
+            self.add_replicate_state("replicate_errors_group", (3, n_groups, 3))
+            n_moments = len(scores.MOMENT_FIELDS)
+            self.add_replicate_state("replicate_moments_lead", (2, max_leads, n_moments))
+            self.add_replicate_state("replicate_moments_group", (2, n_groups, self.group_index_leads, n_moments))
 
     # ------------------------------------------------------------------------------------------ update
     def update(
@@ -116,20 +132,22 @@ class EnsoEvaluator(ForecastEvaluator):
         if n_months < self.running_mean_months:
             raise ValueError(f"{n_months} target months is shorter than the {self.running_mean_months}-month mean")
         self._claim_leads(n_months)
-        groups = self._groups(meta, n_samples).to(target.device)
-        weights = self._box_weights(meta, target)
-        observed_index = self._index(target, weights)
-        self._update_source(MODEL, deterministic, target, observed_index, weights, groups)
-        self._update_probabilistic(deterministic, members, target, groups, scale=self.sst_scale)
-        if not self.reference:
-            return
-        self._update_source(CLIMATOLOGY, torch.zeros_like(target), target, None, weights, groups)
         if context is not None:
             context = drop_channel(context, "context")
             if context.shape[0] != n_samples or context.shape[-2:] != target.shape[-2:]:
                 raise ValueError(f"context {tuple(context.shape)} does not match target {tuple(target.shape)}")
+        groups = self._groups(meta, n_samples).to(target.device)
+        resampled = self._begin_update(meta, target, context, groups)
+        weights = self._box_weights(meta, target)
+        observed_index = self._index(target, weights)
+        self._update_source(MODEL, deterministic, target, observed_index, weights, groups, resampled)
+        self._update_probabilistic(deterministic, members, target, groups, scale=self.sst_scale, weights=resampled)
+        if not self.reference:
+            return
+        self._update_source(CLIMATOLOGY, torch.zeros_like(target), target, None, weights, groups, resampled)
+        if context is not None:
             persistence = context[:, -1:].expand_as(target)
-            self._update_source(PERSISTENCE, persistence, target, observed_index, weights, groups)
+            self._update_source(PERSISTENCE, persistence, target, observed_index, weights, groups, resampled)
 
     def _update_source(
         self,
@@ -139,18 +157,29 @@ class EnsoEvaluator(ForecastEvaluator):
         observed_index: torch.Tensor | None,
         weights: torch.Tensor,
         groups: torch.Tensor,
+        resampled: torch.Tensor | None,
     ) -> None:
+        """`weights`: the Niño 3.4 box weights; `resampled`: the bootstrap's B × n weights (or None)."""
         n_months = target.shape[1]
-        device = self.error_sums.device
-        groups = groups.to(device)
         error_sums = scores.error_sums(pred, target, self.sst_scale)
-        self.error_sums[source, :, :n_months].index_add_(0, groups, error_sums.to(device))
-        self.sample_counts[source].index_add_(0, groups, torch.ones_like(groups))
-        if observed_index is not None:
-            forecast_index = self._index(pred, weights)
-            n_index_leads = forecast_index.shape[1]
-            increment = scores.moments(forecast_index, observed_index)
-            self.nino_moments[source, :, :n_index_leads].index_add_(0, groups, increment.to(device))
+        self._add_by_group(self.error_sums[source, :, :n_months], groups, error_sums)
+        self._add_by_group(self.sample_counts[source], groups, torch.ones(groups.shape[0], dtype=torch.int64))
+        if resampled is not None:
+            device = self.replicate_errors_lead.device
+            self.replicate_errors_lead[:, source, :n_months] += weighted_sum(resampled, error_sums).to(device)
+            self._add_replicates_by_group(self.replicate_errors_group[:, source], resampled, groups,
+                                          error_sums.sum(dim=1))
+        if observed_index is None:
+            return
+        forecast_index = self._index(pred, weights)
+        n_index_leads = forecast_index.shape[1]
+        increment = scores.moments(forecast_index, observed_index)
+        self._add_by_group(self.nino_moments[source, :, :n_index_leads], groups, increment)
+        if resampled is not None:
+            self.replicate_moments_lead[:, source, :n_index_leads] += weighted_sum(resampled, increment).to(device)
+            first_year = min(n_index_leads, self.group_index_leads)
+            self._add_replicates_by_group(self.replicate_moments_group[:, source, :, :first_year], resampled,
+                                          groups, increment[:, :first_year])
 
     def _index(self, field: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """B×T field → B×(T−window+1) Niño 3.4 index (float64)."""
@@ -170,6 +199,19 @@ class EnsoEvaluator(ForecastEvaluator):
         weights = torch.from_numpy(weights).to(target.device)
         return weights.expand(n_samples, n_lat, n_lon) if weights.ndim == 2 else weights
 
+    def _sample_ids(self, meta: dict[str, Any], n_samples: int) -> tuple[list[str] | None, list[str] | None]:
+        models, starts = meta.get("model"), meta.get("seq_start")
+        if models is None or starts is None:
+            return None, None
+        models = [models] if isinstance(models, (str, bytes)) else list(models)
+        models = [model.decode() if isinstance(model, bytes) else str(model) for model in models]
+        starts = torch.as_tensor(_as_numpy(starts)).flatten().to(torch.int64).tolist()
+        if len(models) != n_samples or len(starts) != n_samples:
+            raise ValueError(f"meta['model'] / meta['seq_start'] have {len(models)} / {len(starts)} entries for "
+                             f"{n_samples} samples")
+        ids = [f"{model}@{start}" for model, start in zip(models, starts)]
+        return ids, [f"{model}@year{start // 12}" for model, start in zip(models, starts)]
+
     def _groups(self, meta: dict[str, Any] | None, n_samples: int) -> torch.Tensor:
         months = (meta or {}).get("init_month")
         if months is None:
@@ -188,7 +230,7 @@ class EnsoEvaluator(ForecastEvaluator):
         n_months = int(self.lead_count)
         n_index_leads = max(n_months - self.running_mean_months + 1, 0)
         prefix = SOURCE_PREFIXES[source]
-        moments = self._source_moments(source)[:, :n_index_leads]
+        moments = self._source_moments(source, self.nino_moments, source_dim=0)[:, :n_index_leads]
         if by == "lead":
             moments = moments.sum(dim=0)
             padding = moments.new_full((n_months - n_index_leads,), float("nan"))
@@ -219,11 +261,46 @@ class EnsoEvaluator(ForecastEvaluator):
         return [source for source in (MODEL, PERSISTENCE, CLIMATOLOGY)
                 if source == MODEL or int(self.sample_counts[source].sum()) > 0]
 
-    def _source_moments(self, source: int) -> torch.Tensor:
-        """G×L×7 index moments; climatology's are the observed ones with a zero forecast."""
+    def _replicate_columns(self, source: int, by: str) -> dict[str, torch.Tensor]:
+        n_months = int(self.lead_count)
+        n_index_leads = max(n_months - self.running_mean_months + 1, 0)
+        prefix = SOURCE_PREFIXES[source]
+        errors_lead = self.replicate_errors_lead[:, source, :n_months]
+        moments = self._source_moments(source, self.replicate_moments_lead, source_dim=1)[:, :n_index_leads]
+        if by == "all":
+            columns = self._score_columns(source, moments=moments, errors=errors_lead.sum(dim=1))
+            if source != CLIMATOLOGY:
+                corr = scores.pearson_from_moments(moments)
+                columns.update({f"{prefix}nino34_corr_lead{lead + 1}": corr[:, lead] for lead in range(n_index_leads)})
+            return columns
+        if by == "lead":
+            padding = moments.new_full((moments.shape[0], n_months - n_index_leads), float("nan"))
+            columns = {f"{prefix}nino34_rmse": torch.cat([scores.rmse_from_moments(moments), padding], dim=1)}
+            if source != CLIMATOLOGY:
+                columns[f"{prefix}nino34_corr"] = torch.cat([scores.pearson_from_moments(moments), padding], dim=1)
+            columns[f"{prefix}mse"] = scores.safe_divide(errors_lead[..., 0], errors_lead[..., 2])
+            columns[f"{prefix}mae"] = scores.safe_divide(errors_lead[..., 1], errors_lead[..., 2])
+            return columns
+        present = self._present()
+        moments = self._source_moments(source, self.replicate_moments_group, source_dim=1)[:, present]
+        errors = self.replicate_errors_group[:, source, present]
+        replicates, rows = errors.shape[:2]
+        moments = moments[:, :, : min(n_index_leads, self.group_index_leads)]
+        columns = self._score_columns(source, moments=moments.reshape(replicates * rows, *moments.shape[2:]),
+                                      errors=errors.reshape(-1, 3))
+        return {key: value.reshape(replicates, rows) for key, value in columns.items()}
+
+    def _protocol_settings(self) -> dict[str, Any]:
+        return {"lat_range": self.lat_range, "lon_range": self.lon_range, "cos_lat_weight": self.cos_lat_weight,
+                "running_mean_months": self.running_mean_months, "sst_scale": self.sst_scale,
+                "crps_estimator": self.crps_estimator}
+
+    def _source_moments(self, source: int, state: torch.Tensor, source_dim: int) -> torch.Tensor:
+        """A moments state (source along `source_dim`) for one source; climatology's are the observed ones
+        with a zero forecast."""
         if source != CLIMATOLOGY:
-            return self.nino_moments[source]
-        observed = self.nino_moments[MODEL]
+            return state.select(source_dim, source)
+        observed = state.select(source_dim, MODEL)
         zero_forecast = torch.zeros_like(observed)
         n, sum_y, sum_yy = (scores.MOMENT_FIELDS.index(name) for name in ("n", "sum_y", "sum_yy"))
         zero_forecast[..., n] = observed[..., n]
@@ -233,12 +310,12 @@ class EnsoEvaluator(ForecastEvaluator):
         return zero_forecast
 
     def _score_columns(
-        self, source: int, moments: torch.Tensor, errors: torch.Tensor, samples: torch.Tensor
+        self, source: int, moments: torch.Tensor, errors: torch.Tensor, samples: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Columns for R rows from index moments R×L×7, errors R×3 and sample counts R."""
         prefix = SOURCE_PREFIXES[source]
         first_year = moments[:, :SCORED_LEADS]
-        columns = {f"{prefix}n_samples": samples}
+        columns = {} if samples is None else {f"{prefix}n_samples": samples}
         if source != CLIMATOLOGY:
             corr = scores.pearson_from_moments(first_year)
             columns[f"{prefix}nino34_corr_m"] = scores.nanmean(corr)

@@ -94,7 +94,7 @@ def categorical_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         "sucr": safe_divide(hits, hits + false_alarms),
         "far": safe_divide(false_alarms, hits + false_alarms),
         # frequency bias: forecast events over observed events (1 = unbiased)
-        "bias": safe_divide(hits + false_alarms, hits + misses),
+        "frequency_bias": safe_divide(hits + false_alarms, hits + misses),
         "hss": safe_divide(2 * (hits * correct_negatives - misses * false_alarms), hss_denominator),
     }
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from earthcast.models.base import MODELS, Forecaster
+from earthcast.config import plain
+from earthcast.errors import UserError
+from earthcast.models.base import MODELS, Forecaster, configured
 
 # Modules that register models on import; optional ones are skipped when their extra is not installed.
 _MODEL_MODULES = ["baselines.persistence", "baselines.unet", "baselines.convlstm", "baselines.extrapolation",
@@ -21,9 +23,17 @@ def _import_models() -> None:
 
 
 def build_model(cfg) -> Forecaster:
-    """Build the forecaster named by cfg.name with the rest of cfg as its settings."""
+    """Build the forecaster named by cfg.name (or the Forecaster subclass cfg._target_ names) with the rest of
+    cfg as its settings."""
     _import_models()
-    return MODELS.get(str(cfg["name"]))(cfg)
+    options = plain(cfg)
+    factory = MODELS.build_from(options)
+    if options.pop("_target_", None):
+        if not (isinstance(factory, type) and issubclass(factory, Forecaster)):
+            raise UserError(f"model._target_ names {factory!r}, not a subclass of earthcast.models.Forecaster; "
+                            f"subclass it (forward: B×T_in×H×W×C → B×T_out×H×W×C)")
+        factory = configured(factory)
+    return factory(options)
 
 
 __all__ = ["MODELS", "Forecaster", "build_model"]

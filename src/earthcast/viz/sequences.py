@@ -230,7 +230,7 @@ def plot_forecast_file(predictions_nc: str | Path, out_dir: str | Path, n_sample
     sequence_<k>.png for the k-th most active, and with `gif` an animation of the most active, forecast.gif."""
     paths = []
     with xr.open_dataset(predictions_nc) as ds:
-        vil = "lat" not in ds.dims
+        vil = str(ds.attrs.get("dataset", "")).startswith("sevir")
         for k, i in enumerate(most_active(ds, n_samples, vil)):
             prediction = ds["prediction"].isel(sample=i)
             if "member" in prediction.dims:

@@ -17,6 +17,7 @@ import xarray as xr
 from earthcast.data.enso.archive import fold_records
 from earthcast.data.enso.check import check_enso_root
 from earthcast.data.enso.reader import EnsoDataModule
+from earthcast.data.loaders import EpochShuffle
 from earthcast.errors import UserError
 from tests.conftest import dataset_config
 
@@ -108,7 +109,7 @@ def test_overlap_mismatch_names_file_model_and_record(tmp_path):
     assert "CMIP_train.nc" in message and "CMIP5-1" in message and "record 2" in message
 
 
-def test_nan_sst_is_filled_and_reported(tmp_path):
+def test_nan_sst_is_filled_and_reported(tmp_path, caplog):
     root = write_root(tmp_path / "nan")
     with xr.open_dataset(root / "CMIP_train.nc") as ds:
         data = ds.load()
@@ -116,7 +117,10 @@ def test_nan_sst_is_filled_and_reported(tmp_path):
     data["sst"][0, 20, 2, 30] = np.nan  # month 20 also in record 2: filled from there
     data.to_netcdf(root / "CMIP_train.nc")
     dm = EnsoDataModule(config(root))
-    dm.setup("fit")
+    with caplog.at_level("WARNING", logger="earthcast"):
+        dm.setup("fit")
+    assert f"{root / 'CMIP_train.nc'} model" in caplog.text and "1 NaN SST values" in caplog.text
+    assert "read as 0 °C anomaly" in caplog.text  # never silently
     first = dm.series("train")[0]
     assert first.sst[5, 2, 30 - 19] == 0.0 and first.sst_nan == 1
     assert first.sst[20, 2, 30 - 19] == pytest.approx(100 + 20 + 0.15, abs=1e-4)
@@ -185,7 +189,8 @@ def test_ddp_evaluation_shares_are_disjoint_and_read_every_window_once(datamodul
         assert n_windows % world != 0  # so padding would show
         assert sorted(i for share in shares for i in share) == list(range(n_windows))
         assert shares[1][:2] == [1, 1 + world]  # rank r reads r, r + W, …
-    assert isinstance(datamodule.train_dataloader().sampler, torch.utils.data.RandomSampler)
+    # training in one process: a new order per epoch, reproducible from (seed, epoch) on resume
+    assert isinstance(datamodule.train_dataloader().sampler, EpochShuffle)
 
 
 def test_soda_split(root):
@@ -232,7 +237,7 @@ def test_config_norm_is_used_and_validated(root):
 
 def test_state_dict_round_trip(root, datamodule):
     state = datamodule.state_dict()
-    assert set(state) == {"sst_min", "sst_max"}
+    assert {"sst_min", "sst_max"} <= set(state) <= {"sst_min", "sst_max", "train_position"}
     other = EnsoDataModule(config(root, splits={"train": {"cmip6": [2, 2]}, "val": {"cmip5": [2, 2]},
                                                 "test": {"cmip5": [2, 2]}}))
     other.load_state_dict(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,9 @@ def twin(tmp_path_factory) -> Path:
 def test_registered_and_returns_root(twin):
     assert SYNTHESIZERS.get("enso") is synthesize_enso
     assert sorted(p.name for p in twin.iterdir()) == ["CMIP_label.nc", "CMIP_train.nc", "SODA_label.nc",
-                                                      "SODA_train.nc"]
+                                                      "SODA_train.nc", "earthcast_synth.json"]
+    # the settings that shaped the files, against which a later run's dataset.synth is checked
+    assert json.loads((twin / "earthcast_synth.json").read_text()) == {"synth": twin_config(twin)["synth"]}
 
 
 def test_exact_layout(twin):
@@ -80,7 +83,8 @@ def test_regenerating_in_place_replaces_files(tmp_path):
     root = synthesize_enso(twin_config(tmp_path / "twin", soda_records=0), progress=False)
     assert not (root / "SODA_train.nc").exists()
     synthesize_enso(twin_config(root, seed=9, soda_records=0), progress=False)
-    assert sorted(p.name for p in root.iterdir()) == ["CMIP_label.nc", "CMIP_train.nc"]
+    assert sorted(p.name for p in root.iterdir()) == ["CMIP_label.nc", "CMIP_train.nc", "earthcast_synth.json"]
+    assert json.loads((root / "earthcast_synth.json").read_text())["synth"]["seed"] == 9
 
 
 def test_labels_are_forward_three_month_means_of_the_written_box(twin):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -167,3 +168,22 @@ def test_losing_the_race_is_not_an_error_but_other_failures_are(tmp_path: Path, 
     monkeypatch.setitem(SYNTHESIZERS._entries, "sevir", disk_full)
     with pytest.raises(OSError, match="No space"):
         synthesize(twin_config(tmp_path / "other"))
+
+
+def test_a_twin_records_its_settings_and_refuses_others(twin: Path, caplog):
+    from earthcast.data import check_twin, synthesize
+
+    recorded = json.loads((twin / "earthcast_synth.json").read_text())
+    assert recorded == {"synth": twin_config(twin)["synth"], "splits": twin_config(twin)["splits"]}
+    assert synthesize(twin_config(twin)) == twin  # the same settings: kept as it is
+    other = twin_config(twin)
+    other["synth"] = {**other["synth"], "n_events": other["synth"]["n_events"] + 1}
+    with pytest.raises(UserError, match=r"other settings \(dataset.synth.n_events: \d+ there, \d+ asked\)"):
+        synthesize(other)
+    (twin / "earthcast_synth.json").rename(twin / "kept.json")
+    try:
+        with caplog.at_level("WARNING", logger="earthcast"):
+            check_twin(other)  # a twin from before the record: used, with a warning
+        assert "no record of the settings" in caplog.text
+    finally:
+        (twin / "kept.json").rename(twin / "earthcast_synth.json")

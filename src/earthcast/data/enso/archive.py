@@ -11,6 +11,7 @@ same layout with one "model" and are read only when a split names `soda`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 import xarray as xr
 
 from earthcast.errors import UserError
+
+log = logging.getLogger("earthcast")
 
 RECORD_MONTHS = 36
 RECORD_STRIDE = 12
@@ -208,6 +211,9 @@ class EnsoArchive:
         nino, nino_diff = fold_records(labels, atol, f"{self.root / label_name} {where}", slot.first_row)
         sst_nan = int(np.isnan(sst).sum())
         if sst_nan:
+            # the published pipeline reads missing SST as a 0 °C anomaly; say so, since it also hides bad files
+            log.warning("%s %s: %d NaN SST values (%.2f%%) read as 0 °C anomaly", self.root / train_name, where,
+                        sst_nan, 100.0 * sst_nan / sst.size)
             np.nan_to_num(sst, copy=False, nan=0.0)
         return ModelSeries(slot, sst, nino, sst_ds["lat"].values.astype(np.float32),
                            sst_ds["lon"].values[lon_slice].astype(np.float32), sst_nan, int(np.isnan(nino).sum()),

@@ -29,7 +29,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import Dataset
 
-from earthcast.data.base import DATASETS, ForecastDataModule, PhysicalUnits
+from earthcast.data.base import DATASETS, ForecastDataModule, ForecastLayout, PhysicalUnits
 from earthcast.data.enso.archive import GROUPS, EnsoArchive, ModelSeries, ModelSlot, count_windows
 from earthcast.errors import UserError
 
@@ -111,7 +111,6 @@ class EnsoDataModule(ForecastDataModule):
         self.window_stride = int(cfg["window_stride"])
         if min(self.in_len, self.out_len, self.window_stride) < 1:
             raise UserError("dataset.in_len, dataset.out_len and dataset.window_stride must be ≥ 1")
-        self.seed = int(cfg["seed"])
         if cfg["root"] in (None, ""):
             raise UserError("dataset.root is not set; set paths.data_root=<dir> or EARTHCAST_DATA_ROOT")
         counts = {group: (int(cfg[f"n_{group}_models"]), int(cfg[f"{group}_records"])) for group in ("cmip6", "cmip5")}
@@ -192,10 +191,11 @@ class EnsoDataModule(ForecastDataModule):
         stats = self.norm_stats
         return PhysicalUnits(scale=stats["sst_max"] - stats["sst_min"], offset=stats["sst_min"])
 
-    def state_dict(self) -> dict[str, float]:
-        return self.norm_stats
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **self.norm_stats}
 
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
         if "sst_min" in state_dict and "sst_max" in state_dict:
             self._norm = self._config_norm(dict(state_dict))
 
@@ -209,8 +209,10 @@ class EnsoDataModule(ForecastDataModule):
                             f"in_len + out_len = {self.in_len + self.out_len} months")
         return windows
 
-    def shuffle_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
+    def forecast_layout(self) -> ForecastLayout:
+        """lat/lon come with every batch; leads are calendar months."""
+        return ForecastLayout(grid=("lat", "lon"), lead_units="month",
+                              variable={"units": "K", "long_name": "sea surface temperature anomaly"})
 
     # ---- reporting -------------------------------------------------------------------------------------
     def describe(self) -> dict:

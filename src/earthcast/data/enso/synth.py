@@ -39,7 +39,7 @@ from rich.progress import Progress
 from scipy.ndimage import gaussian_filter
 
 from earthcast.config import plain
-from earthcast.data.base import SYNTHESIZERS
+from earthcast.data.base import SYNTHESIZERS, write_twin_record
 from earthcast.data.enso.archive import (
     RECORD_MONTHS,
     RECORD_STRIDE,
@@ -229,5 +229,6 @@ def synthesize_enso(cfg_dataset: Any, progress: bool = True) -> Path:
         for source, runs in runs_by_file.items():
             if runs:  # CMIP6 then CMIP5 rows, as in the real file; records per model may differ
                 _write_grouped(building, source, runs, attrs)
+        write_twin_record(building, cfg, ("synth",))  # the splits only pick among the files' models
         bar.advance(task)
     return root

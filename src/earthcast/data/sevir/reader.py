@@ -5,9 +5,10 @@ Layout of a root (real data or a synthetic twin, see data/README.md):
     <root>/data/vil/<year>/SEVIR_VIL_*.h5    dataset "vil": uint8 N × H × W × T, dataset "id": bytes N
 An event is located by (file_name, file_index); file_name is relative to <root>/data.
 
-Shuffling: the train DataLoader is built with shuffle=True, so each epoch draws a new permutation. Under DDP,
-Lightning replaces that sampler with a DistributedSampler and calls set_epoch() every epoch, which is why the
-dataset stays map-style and builds no sampler of its own.
+Shuffling: the train loader draws each epoch's order from (seed, epoch) (earthcast.data.loaders), so a resumed
+run reads what an uninterrupted one would; under DDP Lightning's DistributedSampler takes over, which is why
+the dataset stays map-style and builds no sampler of its own. A datamodule built for evaluation never
+augments, even on the train split.
 
 HDF5 handles are opened lazily inside whichever process reads (each DataLoader worker opens its own) and are
 cached per process id, so a handle is never shared across fork.
@@ -27,11 +28,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from earthcast.data.base import DATASETS, SPLITS, ForecastDataModule, PhysicalUnits
+from earthcast.data.base import DATASETS, SPLITS, ForecastDataModule, ForecastLayout, PhysicalUnits
 from earthcast.errors import UserError
 
 #: the catalog columns the reader relies on (the real catalog has more; see sevir_synth.CATALOG_COLUMNS)
 REQUIRED_COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc", "event_type", "pct_missing")
+#: the catalog's patch corners (degrees), written beside each stored forecast
+CORNER_COLUMNS = ("llcrnrlat", "llcrnrlon", "urcrnrlat", "urcrnrlon")
+#: side of a SEVIR patch in km (384 pixels of 1 km; SEVIR-LR: 128 of 3 km)
+PATCH_KM = 384.0
 #: pixel value → model scale, float32(v) / 255 exactly as a division would give
 _SCALED_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
@@ -39,16 +44,22 @@ _SCALED_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
 # ----------------------------------------------------------------------------------------------- catalog
 
 
-def read_catalog(root: str | Path) -> pd.DataFrame:
-    """CATALOG.csv of a SEVIR root, checked for the columns the reader needs."""
+#: what to do about a missing file of a synthetic twin (never a download: the twin is generated)
+REGENERATE = "the synthetic twin is incomplete: regenerate it with `earthcast data synth force=true`"
+
+
+def read_catalog(root: str | Path, key: str = "dataset.root", synthetic: bool = False) -> pd.DataFrame:
+    """CATALOG.csv of a SEVIR root, checked for the columns the reader needs; `key` names the setting that
+    gave the root, `synthetic` whether it is a twin (whose missing files are regenerated, not downloaded)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"SEVIR root {root} does not exist; set dataset.root (or paths.data_root) to the directory "
-                        f"holding CATALOG.csv and data/vil, or generate a twin with `earthcast data synth`")
+        where = ("dataset.root (or paths.data_root)" if key == "dataset.root" else key)
+        raise UserError(f"SEVIR root {root} does not exist; set {where} to the directory holding CATALOG.csv and "
+                        f"data/vil{', or generate a twin with `earthcast data synth`' if key == 'dataset.root' else ''}")
     path = root / "CATALOG.csv"
     if not path.is_file():
-        raise UserError(f"{path} is missing; download it with "
-                        f"`aws s3 cp --no-sign-request s3://sevir/CATALOG.csv {path}`")
+        raise UserError(f"{path} is missing; " + (REGENERATE if synthetic else
+                        f"download it with `aws s3 cp --no-sign-request s3://sevir/CATALOG.csv {path}`"))
     try:
         catalog = pd.read_csv(path, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -144,12 +155,13 @@ def sequence_starts(frames_per_event: int, in_len: int, out_len: int, stride: in
 
 
 def inspect_vil_file(path: Path, height: int, width: int, frames: int, max_index: int = -1,
-                     example_id: str = "") -> str | None:
+                     example_id: str = "", synthetic: bool = False) -> str | None:
     """Why an HDF5 file cannot serve these events (one line), or None if it can."""
     named = f" (named in CATALOG.csv for event {example_id})" if example_id else ""
     if not path.is_file():
-        return (f"{path}{named} is missing; sync it with `aws s3 sync --no-sign-request s3://sevir/data/vil "
-                f"<root>/data/vil` or remove its rows from the catalog")
+        return f"{path}{named} is missing; " + (REGENERATE if synthetic else
+                                               "sync it with `aws s3 sync --no-sign-request s3://sevir/data/vil "
+                                               "<root>/data/vil` or remove its rows from the catalog")
     try:
         with h5py.File(path, "r") as f:
             if "vil" not in f:
@@ -185,6 +197,16 @@ class SevirSequences(Dataset):
         self.event_type = events["event_type"].astype(str).tolist()
         self.time_utc = [t.isoformat() for t in events["time_utc"]]
         self.starts = list(starts)
+        # the catalog's frame offsets (minutes from time_utc) give each forecast's init time; corners its place
+        self.init_times = None
+        if "minute_offsets" in events:
+            offsets = [[int(m) for m in str(text).split(":")] if isinstance(text, str) else None
+                       for text in events["minute_offsets"]]
+            if all(o is not None and len(o) > max(self.starts) + in_len - 1 for o in offsets):
+                self.init_times = [[(t + pd.Timedelta(minutes=o[start + in_len - 1])).isoformat() for start in
+                                    self.starts] for t, o in zip(events["time_utc"], offsets)]
+        self.corners = {key: pd.to_numeric(events[key], errors="coerce").tolist() for key in CORNER_COLUMNS
+                        if key in events}
         self._handles: dict[str, tuple[h5py.File, h5py.Dataset]] = {}  # file name → (file, its "vil")
         self._handles_pid: int | None = None
 
@@ -233,9 +255,12 @@ class SevirSequences(Dataset):
         # a 256-entry table turns uint8 into VIL/255 in one gather, the cheapest of the conversions we timed
         x = torch.from_numpy(_SCALED_VALUES[np.ascontiguousarray(frames)]).unsqueeze(-1)
         event, seq = divmod(index, len(self.starts))
-        return {"inputs": x[:self.in_len], "targets": x[self.in_len:], "event_id": self.event_id[event],
+        item = {"inputs": x[:self.in_len], "targets": x[self.in_len:], "event_id": self.event_id[event],
                 "event_type": self.event_type[event], "time_utc": self.time_utc[event],
-                "seq_start": self.starts[seq]}
+                "seq_start": self.starts[seq], **{key: values[event] for key, values in self.corners.items()}}
+        if self.init_times is not None:
+            item["init_time"] = self.init_times[event][seq]
+        return item
 
     def close(self) -> None:
         if self._handles_pid == os.getpid():
@@ -259,6 +284,7 @@ class SevirDataModule(ForecastDataModule):
         self.frame_minutes = int(cfg["frame_minutes"])
         self.max_pct_missing = float(cfg["max_pct_missing"])
         self.augment = bool(cfg["augment"])
+        self.synthetic = bool(cfg.get("synth"))  # only the twins' configs have a synth node
         if cfg["predict_split"] not in SPLITS:
             raise UserError(f"dataset.predict_split={cfg['predict_split']!r}; use one of {', '.join(SPLITS)}")
         self.split_ranges = parse_splits(cfg["splits"])
@@ -271,7 +297,7 @@ class SevirDataModule(ForecastDataModule):
     @property
     def events(self) -> pd.DataFrame:
         if self._events is None:
-            catalog = read_catalog(self.root)
+            catalog = read_catalog(self.root, synthetic=self.synthetic)
             self._events, self.catalog_report = select_vil_events(catalog, self.max_pct_missing,
                                                                   str(self.root / "CATALOG.csv"))
         return self._events
@@ -293,6 +319,22 @@ class SevirDataModule(ForecastDataModule):
                 "splits": {split: {"range": str(self.split_ranges[split]), **size}
                            for split, size in self.split_sizes().items()}}
 
+    def forecast_layout(self) -> ForecastLayout:
+        """x/y: pixel centres in km from the patch's lower-left corner (its lat/lon: llcrnrlat/llcrnrlon per
+        sample); row 0 is the top (northern) edge of SEVIR's images, so y decreases down the rows."""
+        km = PATCH_KM / self.width
+        comment = ("offset within the patch, whose lower-left corner (llcrnrlat, llcrnrlon per sample) lies at "
+                   "another place of SEVIR's Lambert azimuthal equal-area projection in every event")
+        coords = {"x": ((np.arange(self.width) + 0.5) * km,
+                        {"units": "km", "standard_name": "projection_x_coordinate", "comment": comment,
+                         "long_name": "distance east of the patch's lower-left corner (pixel centre)"}),
+                  "y": ((self.height - 0.5 - np.arange(self.height)) * PATCH_KM / self.height,
+                        {"units": "km", "standard_name": "projection_y_coordinate", "comment": comment,
+                         "long_name": "distance north of the patch's lower-left corner (pixel centre)"})}
+        return ForecastLayout(grid=("y", "x"), coords=coords, frame=pd.Timedelta(minutes=self.frame_minutes),
+                              variable={"units": "1", "long_name": "vertically integrated liquid (VIL) in SEVIR's "
+                                                                   "digital levels 0-255"})
+
     @property
     def units(self) -> PhysicalUnits:
         """Model scale [0, 1] → VIL pixel values 0–255 (the scale of the CSI thresholds)."""
@@ -308,14 +350,15 @@ class SevirDataModule(ForecastDataModule):
                             f"widen the date range or use another root")
         self._check_files(events)
         self.datasets[split] = SevirSequences(self.root, events, self.starts, self.in_len, self.out_len,
-                                              augment=self.augment and split == "train")
+                                              augment=self.augment and split == "train" and not self.evaluating)
         return self.datasets[split]
 
     def _check_files(self, events: pd.DataFrame) -> None:
         # opened and closed here, in the main process: workers open their own handles later
         for file_name, rows in events.groupby("file_name", sort=True):
             problem = inspect_vil_file(self.root / "data" / str(file_name), self.height, self.width,
-                                       self.frames_per_event, int(rows["file_index"].max()), rows["id"].iloc[0])
+                                       self.frames_per_event, int(rows["file_index"].max()), rows["id"].iloc[0],
+                                       synthetic=self.synthetic)
             if problem:
                 raise UserError(problem)
 

@@ -79,7 +79,7 @@ def build_sevirlr(src: str | Path, dst: str | Path, progress: bool = True) -> Pa
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if src.resolve() == dst.resolve():
         raise UserError(f"SEVIR-LR destination {dst} is the source root; choose a new directory (dst=...)")
-    catalog = read_catalog(src)
+    catalog = read_catalog(src, key="src=")
     vil_rows = catalog[catalog["img_type"] == "vil"].copy()
     if vil_rows.empty:
         raise UserError(f"{src / 'CATALOG.csv'} has no img_type == 'vil' rows; SEVIR-LR is built from VIL")

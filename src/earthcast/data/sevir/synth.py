@@ -19,7 +19,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from earthcast.config import plain
-from earthcast.data.base import SYNTHESIZERS
+from earthcast.data.base import SYNTHESIZERS, write_twin_record
 from earthcast.data.sevir.reader import parse_splits
 from earthcast.data.sevir.sevirlr import build_sevirlr
 from earthcast.data.sevir.storms import DOMAIN_KM, EVENT_TYPES, FRAME_MINUTES, FRAMES, QUIET, synthesize_event
@@ -31,6 +31,8 @@ CATALOG_COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc", "min
                    "size_x", "size_y", "height_m", "width_m", "data_min", "data_max", "pct_missing")
 PROJ = "+proj=laea +lat_0=38 +lon_0=-98 +units=m +a=6370997.0 +ellps=sphere "
 MINUTE_OFFSETS = ":".join(str(m) for m in range(-120, 121, FRAME_MINUTES))
+#: the dataset keys that shape the twin's files (the events are spread over the date splits)
+RECORDED = ("synth", "splits")
 #: catalog-only rows for the other sensors (no files are written for them), with their grid relative to VIL
 OTHER_SENSORS = {"ir069": 0.5, "ir107": 0.5, "vis": 2.0}
 
@@ -178,6 +180,7 @@ def synthesize_sevir(cfg_dataset: Mapping, progress: bool = True) -> Path:
     img_size, root = _img_size(cfg), _target(cfg)
     with atomic_directory(root) as staging:
         write_sevir_twin(staging, cfg["synth"], cfg["splits"], img_size, progress)
+        write_twin_record(staging, cfg, RECORDED)
     return root
 
 
@@ -190,6 +193,7 @@ def synthesize_sevirlr(cfg_dataset: Mapping, progress: bool = True) -> Path:
     with atomic_directory(root) as staging, tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-full.") as full:
         write_sevir_twin(Path(full), cfg["synth"], cfg["splits"], 3 * img_size, progress)
         build_sevirlr(Path(full), staging, progress)
+        write_twin_record(staging, cfg, RECORDED)
     return root
 
 

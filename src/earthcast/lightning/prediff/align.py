@@ -1,8 +1,15 @@
 """PreDiff stage 3: knowledge alignment (model.ldm_ckpt = a prediff_ldm checkpoint).
 
 The alignment network U_φ(z_t, t, context) learns, on noised latents of real futures, to estimate the
-standardised constraint statistic of the final forecast; the anticipation regression that gives F₀ from the
-context alone is fitted on the training split first. The test scores both estimates in physical units.
+constraint statistic of the final forecast; the anticipation regression that gives F₀ from the context alone
+is fitted on the training split first. The test scores both estimates in physical units.
+
+Two choices of the regression target (model config, published vs ours):
+  frame_targets          each future frame's estimate against that frame's statistic, the guidance taking
+                         their mean (published; the released network reads out one value per frame), or one
+                         loss on the statistic as the constraint defines it (ours)
+  standardize_statistic  the statistic standardised by its training-split moments (ours), or as it is on
+                         the dataset scale (published: the released network outputs mean VIL/255)
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from earthcast.errors import UserError
 from earthcast.lightning.checkpoint import Checkpoint
 from earthcast.lightning.module import MODULES
 from earthcast.lightning.optim import build_optimizer
-from earthcast.lightning.prediff.latent import LatentDiffusionModule, frame_shape, substate
+from earthcast.lightning.prediff.latent import LatentDiffusionModule, frame_shape, seeded, substate
 from earthcast.models.prediff import build_alignment_net
 
 
@@ -55,15 +62,27 @@ class PreDiffAlignModule(LatentDiffusionModule):
         num_features = self.constraint.context_features(probe).shape[1]
         self.anticipation = AnticipationRegression(num_features, num_outputs, float(model["anticipation"]["ridge"]))
 
+    def _to_network(self, values: torch.Tensor) -> torch.Tensor:
+        """The statistic (dataset scale) on the scale the network regresses."""
+        if not self.config["model"]["standardize_statistic"]:
+            return values
+        return self.anticipation.standardize(values)
+
     def predict_statistic(self, z_t: torch.Tensor, t: torch.Tensor, context_latents: torch.Tensor) -> torch.Tensor:
-        """U_φ in the statistic's own units (dataset scale)."""
-        return self.anticipation.unstandardize(self.align_net(z_t, t, context_latents).to(torch.float64))
+        """U_φ in the statistic's own units (dataset scale); per frame averaged unless the constraint is per frame."""
+        estimate = self.align_net(z_t, t, context_latents).to(torch.float64)
+        if not self.config["model"]["standardize_statistic"]:
+            return estimate
+        return self.anticipation.unstandardize(estimate)
 
     # -- the anticipation regression: one pass over the training split before the first step
     def on_fit_start(self) -> None:
-        if bool(self.anticipation.fitted):
-            return
-        datamodule = self.trainer.datamodule
+        if not bool(self.anticipation.fitted):
+            self.fit_anticipation(self.trainer.datamodule)
+
+    @torch.no_grad()
+    def fit_anticipation(self, datamodule) -> None:
+        """Fit the F₀ regression (and the statistic's moments) on the training split of `datamodule`."""
         datamodule.setup("fit")
         limit = self.config["model"]["anticipation"]["max_batches"]
         self.anticipation.reset()
@@ -76,12 +95,23 @@ class PreDiffAlignModule(LatentDiffusionModule):
             raise UserError("the training split gave fewer than 2 sequences to fit the anticipation regression")
         self.anticipation.fit()
 
+    def frame_statistics(self, future: torch.Tensor) -> torch.Tensor:
+        """B×T_out: the constraint's statistic of each future frame on its own."""
+        return torch.cat([self.constraint.statistic(future[:, i:i + 1]) for i in range(future.shape[1])], dim=1)
+
     def _loss(self, batch: dict, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        context, z0 = self.encode(batch["inputs"]), self.encode(batch["targets"])
-        t, _, z_t = self.noised(z0, seed)
-        target = self.anticipation.standardize(self.constraint.statistic(batch["targets"]).to(torch.float64))
-        estimate = self.align_net(z_t, t, context)
-        return F.mse_loss(estimate, target.to(estimate.dtype)), (estimate - target).abs().detach()
+        generator = seeded(seed)
+        context, z0 = self.training_latents(batch, generator)
+        t, _, z_t = self.noised(z0, generator)
+        future = batch["targets"]
+        if self.config["model"]["frame_targets"]:  # published: every frame's estimate against its frame
+            estimate = self.align_net.frame_estimates(z_t, t, context)[..., 0]
+            statistic = self.frame_statistics(future)
+        else:
+            estimate = self.align_net(z_t, t, context)
+            statistic = self.constraint.statistic(future)
+        target = self._to_network(statistic.to(torch.float64)).to(estimate.dtype)
+        return F.mse_loss(estimate, target), (estimate - target).abs().detach()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.check_finite(self._loss(batch)[0], "alignment loss")

@@ -111,12 +111,33 @@ class LatentDiffusionModule(EarthcastModule):
         return PreDiffPipeline(self.vae, self.sampling_denoiser, float(self.latent_scale))
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x).mean * self.latent_scale
+    def encode(self, x: torch.Tensor, draw: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of frames: the VAE posterior's means, or (`draw`) one draw from the posterior."""
+        posterior = self.vae.encode(x)
+        if not draw:
+            return posterior.mean * self.latent_scale
+        noise = _randn(posterior.mean, generator)
+        return (posterior.mean + (0.5 * posterior.logvar).exp() * noise) * self.latent_scale
 
-    def noised(self, z0: torch.Tensor, seed: int | None = None):
-        """(t, ε, z_t) for a batch: random in training, reproducible per batch index in validation."""
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
+    @torch.no_grad()
+    def training_latents(self, batch: dict, generator: torch.Generator | None = None):
+        """(context latents, future latents) a training or validation step works on. The context is always the
+        posterior mean; the future is a posterior draw when model.posterior_sample says so (the published
+        recipe draws it, as latent-diffusion training does)."""
+        draw = bool(self.config["model"]["posterior_sample"])
+        return self.encode(batch["inputs"]), self.encode(batch["targets"], draw, generator)
+
+    def noised(self, z0: torch.Tensor, generator: torch.Generator | None = None):
+        """(t, ε, z_t) for a batch: random, or reproducible with a seeded `generator` (validation)."""
         t = torch.randint(0, self.schedule.num_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
-        noise = torch.randn(z0.shape, generator=generator).to(z0) if generator else torch.randn_like(z0)
+        noise = _randn(z0, generator)
         return t, noise, self.schedule.add_noise(z0, noise, t)
+
+
+def seeded(seed: int | None) -> torch.Generator | None:
+    """A CPU generator for reproducible draws (validation batch `seed`); None draws from the global state."""
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator).to(like) if generator else torch.randn_like(like)

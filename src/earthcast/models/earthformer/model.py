@@ -95,7 +95,7 @@ class EarthformerConfig:
     self_attn_use_final_proj: bool = True
     # decoder query: 'zeros' (a learned position embedding) | 'last' | 'mean' | 'nearest_interp' (of the top memory)
     z_init_method: str = "zeros"
-    checkpoint_level: int = 0  # 0 none, 1 recompute FFNs in backward, 2 also attention
+    checkpoint_level: int = 0  # 0 none, 1 recompute FFNs in backward, 2 also attention, 3 also stem and head
     # convolutional stem and head
     stem_type: str = "stack_conv"  # conv: one stage at base_units, GroupNorm(16) | stack_conv: GroupNorm(d/4)
     stem_dims: list[int] | None = None  # per-stage widths; last = base_units (default [base_units])
@@ -286,10 +286,11 @@ class Earthformer(Forecaster):
             raise ValueError(f"stem_type must be 'conv' or 'stack_conv', got {cfg.stem_type!r}")
         groups = [math.gcd(16, d) if cfg.stem_type == "conv" else max(1, d // 4) for d in cfg.stem_dims]
         self.stem = ConvStem(cfg.in_channels, cfg.stem_dims, stage_scales, cfg.stem_num_convs, groups,
-                             cfg.stem_activation, cfg.padding_type)
+                             cfg.stem_activation, cfg.padding_type, recompute=cfg.checkpoint_level >= 3)
         stem_shapes = self.stem.out_shapes((cfg.in_len, cfg.height, cfg.width, cfg.in_channels))
         sizes = [(cfg.height, cfg.width)] + [s[1:3] for s in stem_shapes[:-1]]
-        self.head = ConvHead(cfg.stem_dims, sizes, cfg.head_num_convs, groups, cfg.stem_activation)
+        self.head = ConvHead(cfg.stem_dims, sizes, cfg.head_num_convs, groups, cfg.stem_activation,
+                             recompute=cfg.checkpoint_level >= 3)
         self.out_proj = nn.Linear(cfg.stem_dims[0], cfg.out_channels)
         self.input_skip = InputSkip(cfg) if cfg.input_skip_leads else None
 

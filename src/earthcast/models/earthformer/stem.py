@@ -4,6 +4,8 @@ Stem, per stage:  [3×3 conv → GroupNorm → activation] × n  →  patch merg
 Head, per stage in reverse:  nearest upsample to the stage's input size + 3×3 conv  →  [conv → GN → act] × n
 The 'conv' stem of the paper's ENSO model is a single stage at base_units with GroupNorm(16); 'stack_conv'
 (SEVIR) stacks stages with their own widths and GroupNorm(width / 4).
+With `recompute` (Earthformer's checkpoint_level 3) each stage's activations are recomputed in backward instead
+of stored: at full resolution they are the largest of the model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from earthcast.layers.blocks import PatchMerge, Upsample, activation, frames, unframes
 
@@ -31,8 +34,9 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels: int, dims: Sequence[int], scales: Sequence[tuple[int, int, int]],
                  num_convs: Sequence[int], groups: Sequence[int], act: str = "leaky",
-                 padding_type: str = "zeros"):
+                 padding_type: str = "zeros", recompute: bool = False):
         super().__init__()
+        self.recompute = recompute
         widths = [in_channels, *dims]
         self.convs = nn.ModuleList(
             conv_stack(widths[i], widths[i + 1], num_convs[i], groups[i], act) for i in range(len(dims))
@@ -51,9 +55,7 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for convs, merge in zip(self.convs, self.merges):
-            if len(convs):
-                x = unframes(convs(frames(x)), x.shape[0])
-            x = merge(x)
+            x = run_stage(self, _stem_stage, x, convs, merge)
         return x
 
 
@@ -65,8 +67,9 @@ class ConvHead(nn.Module):
     last stem stage back to the first)."""
 
     def __init__(self, dims: Sequence[int], sizes: Sequence[tuple[int, int]], num_convs: Sequence[int],
-                 groups: Sequence[int], act: str = "leaky"):
+                 groups: Sequence[int], act: str = "leaky", recompute: bool = False):
         super().__init__()
+        self.recompute = recompute
         stages = list(reversed(range(len(dims))))
         c_in = [dims[min(i + 1, len(dims) - 1)] for i in stages]
         self.upsamples = nn.ModuleList(Upsample(c, c, sizes[i]) for c, i in zip(c_in, stages))
@@ -76,7 +79,25 @@ class ConvHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for upsample, convs in zip(self.upsamples, self.convs):
-            x = upsample(x)
-            if len(convs):
-                x = unframes(convs(frames(x)), x.shape[0])
+            x = run_stage(self, _head_stage, x, convs, upsample)
         return x
+
+
+def _stem_stage(x: torch.Tensor, convs: nn.Sequential, merge: nn.Module) -> torch.Tensor:
+    if len(convs):
+        x = unframes(convs(frames(x)), x.shape[0])
+    return merge(x)
+
+
+def _head_stage(x: torch.Tensor, convs: nn.Sequential, upsample: nn.Module) -> torch.Tensor:
+    x = upsample(x)
+    if len(convs):
+        x = unframes(convs(frames(x)), x.shape[0])
+    return x
+
+
+def run_stage(owner: nn.Module, stage, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
+    """One stem/head stage, its activations recomputed in backward when the owner's `recompute` is on."""
+    if owner.recompute and owner.training and torch.is_grad_enabled():
+        return checkpoint(stage, x, *modules, use_reentrant=False)
+    return stage(x, *modules)

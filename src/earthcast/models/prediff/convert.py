@@ -113,21 +113,37 @@ def with_ema(state_dict: Mapping[str, torch.Tensor], reference: dict[str, torch.
     return {k: state_dict.get(EMA_PREFIX + k.replace(".", ""), v) for k, v in reference.items()}
 
 
-def _summary(sd: Mapping[str, torch.Tensor], kind: str) -> str | None:
-    """Shapes that tell a `kind` state_dict apart (prefix already stripped); None when it is not one."""
+def architecture(state_dict: Mapping[str, torch.Tensor], kind: str) -> dict | None:
+    """The sizes a reference `kind` module was built with, read from its tensors (a plain state_dict or a
+    Lightning checkpoint's): vae → channels, latent_channels; denoiser and align → base_units, frames,
+    latent_hw, latent_channels. None when the state_dict is not such a module."""
+    sd = strip_prefix(state_dict, kind)
     if kind == "vae" and "encoder.conv_in.weight" in sd and "quant_conv.weight" in sd:
         levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks.")})
-        channels = [sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in levels]
-        return f"channels {channels}, {sd['quant_conv.weight'].shape[0] // 2} latent channels"
+        return {"channels": [int(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in levels],
+                "latent_channels": int(sd["quant_conv.weight"].shape[0]) // 2}
     frames_key = "pos_embed.T_embed.weight"
     if kind in ("denoiser", "align") and frames_key in sd and "first_proj.in_layers.2.weight" in sd:
         if (kind == "denoiser") != ("final_proj.weight" in sd):
             return None
         frames, base = sd[frames_key].shape
-        height, width = (sd[f"pos_embed.{a}_embed.weight"].shape[0] for a in "HW")
+        height, width = (int(sd[f"pos_embed.{a}_embed.weight"].shape[0]) for a in "HW")
         channels = sd["first_proj.in_layers.2.weight"].shape[1] - (kind == "denoiser")  # − indicator channel
-        return f"base_units {base}, {frames} frames of {height}×{width}×{channels} latents"
+        return {"base_units": int(base), "frames": int(frames), "latent_hw": (height, width),
+                "latent_channels": int(channels)}
     return None
+
+
+def _summary(sd: Mapping[str, torch.Tensor], kind: str) -> str | None:
+    """Shapes that tell a `kind` state_dict apart; None when it is not one."""
+    sizes = architecture(sd, kind)
+    if sizes is None:
+        return None
+    if kind == "vae":
+        return f"channels {sizes['channels']}, {sizes['latent_channels']} latent channels"
+    height, width = sizes["latent_hw"]
+    return (f"base_units {sizes['base_units']}, {sizes['frames']} frames of {height}×{width}×"
+            f"{sizes['latent_channels']} latents")
 
 
 def describe(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -135,7 +151,7 @@ def describe(state_dict: Mapping[str, torch.Tensor]) -> str:
     the published SEVIR-LR files."""
     found = []
     for kind, (name, _, _) in KINDS.items():
-        summary = _summary(strip_prefix(state_dict, kind), kind)
+        summary = _summary(state_dict, kind)
         if summary is not None:
             published = " (the published SEVIR-LR file's shape)" if summary == PUBLISHED[kind] else ""
             found.append(f"a PreDiff {name} with {summary}{published}")

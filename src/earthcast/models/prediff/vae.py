@@ -13,7 +13,9 @@ GroupNorm (ε = 1e-6) everywhere, PyTorch's default initialisation. SEVIR-LR at 
 with channels [128, 256, 512, 512] and 2 blocks per level (configs/model/prediff_vae_sevirlr.yaml).
 
 `PatchDiscriminator` is the optional adversarial critic (PatchGAN, Isola et al., 2017) scoring overlapping
-patches of single frames; it uses GroupNorm, so no statistic is shared across the batch.
+patches of single frames, as the reference's latent-diffusion loss builds it: BatchNorm (published) or GroupNorm
+(`norm: group`, ours: no statistic shared across the batch), convolutions initialised N(0, 0.02) and norm
+weights N(1, 0.02).
 """
 
 from __future__ import annotations
@@ -179,20 +181,29 @@ class FrameAutoencoder(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN critic on single frames: strided 4×4 convs, GroupNorm, LeakyReLU → a logit per patch."""
+    """PatchGAN critic on single frames: strided 4×4 convs, a norm, LeakyReLU → a logit per patch."""
 
-    def __init__(self, in_channels: int = 1, channels: int = 64, layers: int = 3, norm_groups: int = 32):
+    def __init__(self, in_channels: int = 1, channels: int = 64, layers: int = 3, norm: str = "batch",
+                 norm_groups: int = 32):
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"discriminator norm {norm!r}: use batch or group")
         blocks: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         width = channels
         for i in range(1, layers + 1):
             out = channels * min(2**i, 8)
             stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(width, out, 4, stride, 1, bias=False), group_norm(out, norm_groups, 1e-6),
-                       nn.LeakyReLU(0.2)]
+            normalise = nn.BatchNorm2d(out) if norm == "batch" else group_norm(out, norm_groups, 1e-6)
+            blocks += [nn.Conv2d(width, out, 4, stride, 1, bias=False), normalise, nn.LeakyReLU(0.2)]
             width = out
         blocks.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.net = nn.Sequential(*blocks)
+        for module in self.net:  # the pix2pix initialisation the reference applies
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) → patch logits (B·T, 1, h, w)."""
@@ -211,4 +222,5 @@ def build_discriminator(cfg: Mapping, in_channels: int = 1) -> PatchDiscriminato
     """From cfg.model.discriminator; None when it is not enabled."""
     if not cfg["enabled"]:
         return None
-    return PatchDiscriminator(in_channels, int(cfg["channels"]), int(cfg["layers"]), int(cfg["norm_groups"]))
+    return PatchDiscriminator(in_channels, int(cfg["channels"]), int(cfg["layers"]), str(cfg["norm"]),
+                              int(cfg["norm_groups"]))
