@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 
 from earthcast.config import config_dir
 
-# Tiny everything: 32×32 frames, a handful of events, one short epoch.
+# Tiny everything: 32×32 frames, a handful of events, one short epoch that is validated.
 TINY_DATA = ["dataset=sevir_synth", "dataset.synth.n_events=24", "dataset.synth.img_size=32",
              "dataset.batch_size=2", "dataset.eval_batch_size=2",
              "dataset.num_workers=0"]
 TINY_TRAIN = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_epochs=1",
+              "trainer.check_val_every_n_epoch=1",
               "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
               "outputs.plot_samples=1", "outputs.max_prediction_samples=4", "callbacks.progress_bar=null"]
 

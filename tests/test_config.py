@@ -52,9 +52,13 @@ def test_the_default_is_the_small_earthformer_with_its_input_skip():
     default, published, unet = (compose_config(args) for args in
                                 ([], ["experiment=quickstart_earthformer"], ["experiment=quickstart_unet"]))
     assert default.model.name == published.model.name == "earthformer" and unet.model.name == "unet"
-    assert default.model.input_skip_leads == 2 and published.model.input_skip_leads == 0
+    assert default.model.input_skip_leads == default.dataset.out_len == 12 and published.model.input_skip_leads == 0
     assert default.trainer.precision == published.trainer.precision == NATIVE_BF16
-    assert (default.trainer.max_epochs, unet.trainer.max_epochs) == (29, 12)
+    assert (default.trainer.max_epochs, published.trainer.max_epochs, unet.trainer.max_epochs) == (14, 29, 12)
+    assert (default.loss, published.loss, unet.loss) == ("balanced_mse_mae", "mse", "mse")
+    # the demo's twin is coarser and has its own root; the other presets keep the 64×64 twin
+    assert (default.dataset.height, published.dataset.height, unet.dataset.height) == (48, 64, 64)
+    assert default.dataset.root != published.dataset.root == unet.dataset.root
     model = build_model(default.model)
     assert 300_000 <= sum(p.numel() for p in model.parameters()) <= 400_000  # trains in minutes on 2 cores
     assert model.input_skip is not None and build_model(published.model).input_skip is None

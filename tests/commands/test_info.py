@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from omegaconf import OmegaConf
 
-from earthcast.commands.info import _check_settings, prepare
+from earthcast.commands.info import _check_settings, prepare, time_calls
 from earthcast.errors import UserError
 from tests.conftest import earthcast
 
@@ -28,14 +29,22 @@ def test_info_bench_earthformer(workdir):
     assert facts["gflops_forward_per_sample"] > 0
     # parameters + AdamW state alone are 12 bytes per parameter; activations come on top
     assert facts["peak_memory_mb_train_step"] * 2**20 > 12 * facts["parameters"]
-    for key in ("train_step_s", "inference_s", "achieved_gflops_per_s_train", "achieved_gflops_per_s_inference",
-                "matmul_gflops_per_s_fp32", "matmul_gflops_per_s_bf16"):
+    for key in ("train_step_s", "train_step_cpu_s", "inference_s", "achieved_gflops_per_s_train",
+                "achieved_gflops_per_s_inference", "matmul_gflops_per_s_fp32", "matmul_gflops_per_s_bf16"):
         assert facts[key] > 0, key
     # the precision the step ran in (float32 here) is the rate the model is compared with
     assert facts["precision"] == "32-true"
     assert facts["train_fraction_of_matmul"] == facts["achieved_gflops_per_s_train"] / facts["matmul_gflops_per_s_fp32"]
     assert "parameters" in result.stdout and "info.json" in result.stdout
     assert not list(out.glob(".*.tmp"))  # written atomically: no temporary left behind
+
+
+def test_time_calls_tells_waiting_from_computing():
+    wall, cpu = time_calls(lambda: time.sleep(0.05), warmup=0, repeats=3)
+    assert wall >= 0.05 and cpu < 0.02  # asleep: wall time passes, this process uses no CPU
+
+    wall, cpu = time_calls(lambda: sum(range(300_000)), warmup=0, repeats=3)
+    assert 0 < cpu <= 1.05 * wall + 0.005  # one thread computing: CPU time is the wall time it was running
 
 
 def test_plus_bench_and_bench_both_set_the_key():

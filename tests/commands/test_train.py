@@ -15,7 +15,7 @@ import xarray as xr
 from earthcast.commands.train import prepare
 from tests.conftest import TINY_DATA, TINY_TRAIN, assert_one_line_error, earthcast
 
-TINY_UNET = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_epochs=1",
+TINY_UNET = ["model=unet", "model.base_units=4", "model.depth=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
              "outputs.plot_samples=1", "outputs.max_prediction_samples=2", "callbacks.progress_bar=null",
              "dataset.batch_size=2", "dataset.eval_batch_size=2"]
@@ -34,7 +34,7 @@ def test_train_writes_complete_run_directory(trained_run):
     for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                  "metrics.json", "metrics_by_lead.csv", "predictions.nc", "report.md", "logs/csv/metrics.csv"):
         assert (trained_run / path).exists(), path
-    assert list((trained_run / "plots").glob("sequence_*.png"))
+    assert list((trained_run / "plots").glob("sequence_*.png")) and (trained_run / "plots" / "forecast.gif").exists()
     assert list((trained_run / "logs" / "tensorboard").glob("events.out.tfevents*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_samples"] > 0
@@ -104,16 +104,19 @@ def test_train_on_the_enso_twin(tmp_path):
 @pytest.mark.parametrize("experiment", [None, "quickstart_earthformer"])
 def test_quickstart_earthformer_trains_in_bf16_on_cpu(experiment, workdir, data_root):
     """Forced here: the preset asks for bfloat16 only where the CPU has it natively. Its forecasts are stored
-    as float32."""
+    as float32, and the quickstart prints a progress line per phase."""
     run_dir = workdir / "runs" / f"quickstart_{experiment}"
     schedule = [arg for arg in TINY_TRAIN if not arg.startswith("model")]
     preset = [f"experiment={experiment}"] if experiment else []
-    earthcast("train", *preset, *TINY_DATA, *schedule, "model.base_units=16", "model.stem_dims=[8,16]",
-              "trainer.precision=bf16-mixed", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
-              cwd=workdir)
+    result = earthcast("train", *preset, *TINY_DATA, *schedule, "model.base_units=16", "model.stem_dims=[8,16]",
+                       "trainer.precision=bf16-mixed", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
+                       cwd=workdir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "precision: bf16-mixed\n" in config and "name: earthformer" in config
-    assert f"input_skip_leads: {0 if experiment else 2}\n" in config
+    assert f"input_skip_leads: {0 if experiment else '${dataset.out_len}'}\n" in config  # every lead
+    if experiment is None:  # the quickstart's progress lines (earthcast.lightning.progress), one per phase
+        assert "training   epoch 1/1 · step 3/3 ·" in result.stdout
+        assert "training   done: 3 steps in" in result.stdout and "testing    done: 4 samples in" in result.stdout
     scores = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= scores["csi_m"] <= 1.0 and scores["mse"] > 0
     with xr.open_dataset(run_dir / "predictions.nc") as forecasts:

@@ -123,20 +123,23 @@ def train_step_fn(model: torch.nn.Module, inputs: torch.Tensor, autocast=context
     return step
 
 
-def time_calls(fn, warmup: int, repeats: int, sync=None) -> float:
-    """Median wall seconds of fn() after warm-up calls."""
+def time_calls(fn, warmup: int, repeats: int, sync=None) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds of this process (all its threads) of fn() after warm-up
+    calls. On a shared machine other jobs stretch the wall time; the CPU time of a one-thread run
+    (OMP_NUM_THREADS=1) much less, which makes it the figure to compare across loads."""
     for _ in range(warmup):
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         if sync:
             sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         if sync:
             sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu_start)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def matmul_rates(device: torch.device, size: int = 2048, repeats: int = 5) -> dict:
@@ -179,10 +182,12 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
         facts["peak_memory_method"] = "tensor storages live at once"
         facts["peak_rss_mb"] = _peak_rss_mb()
     if bench:
-        facts["train_step_s"] = time_calls(step, warmup, repeats, sync)
+        facts["train_step_s"], train_cpu = time_calls(step, warmup, repeats, sync)
+        if not cuda:
+            facts["train_step_cpu_s"] = train_cpu
         model.eval()  # inference as deployed: no dropout (and the fused attention kernels)
         with torch.no_grad(), autocast():
-            facts["inference_s"] = time_calls(lambda: model(inputs), warmup, repeats, sync)
+            facts["inference_s"], _ = time_calls(lambda: model(inputs), warmup, repeats, sync)
         model.train()
         batch = inputs.shape[0]
         # backward costs about twice the forward (gradients for inputs and weights)

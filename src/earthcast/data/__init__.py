@@ -90,7 +90,9 @@ def ensure_dataset(cfg_dataset, wait_s: float = 3600.0) -> None:
         return
     if global_rank() == 0:
         print(f"earthcast: synthetic dataset not found at {root}; generating it (once)")
+        started = time.monotonic()
         synthesize(cfg)
+        print(f"earthcast: generated {root} in {time.monotonic() - started:.0f} s")
         return
     deadline = time.monotonic() + wait_s
     while not root.exists():

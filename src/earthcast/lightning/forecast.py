@@ -12,30 +12,11 @@ import torch
 from omegaconf import DictConfig
 
 from earthcast.data.base import metadata
-from earthcast.errors import UserError
+from earthcast.lightning.losses import LOSSES
 from earthcast.lightning.module import MODULES, EarthcastModule, ForecastTestStep
 from earthcast.lightning.optim import build_optimizer
 from earthcast.metrics import build_evaluator
 from earthcast.models import build_model
-
-
-def forecast_loss(name: str, prediction: torch.Tensor, target: torch.Tensor,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The training objective; with `mask` (True where a target point counts, e.g. dataset=gridded's NaN and
-    land points left out) the mean runs over the masked-in points alone."""
-    if name not in LOSSES:
-        raise UserError(f"loss={name!r} is not supported; use {', '.join(LOSSES)}")
-    error = prediction - target
-    if mask is None:
-        squared, absolute = error.square().mean(), error.abs().mean()
-    else:
-        mask = mask.to(error.dtype)
-        points = mask.sum().clamp(min=1)
-        squared, absolute = (error.square() * mask).sum() / points, (error.abs() * mask).sum() / points
-    return {"mse": squared, "mae": absolute, "mse+mae": squared + absolute}[name]
-
-
-LOSSES = ("mse", "mae", "mse+mae")
 
 
 @MODULES.register("forecast")
@@ -46,7 +27,7 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
         super().__init__(config)
         config = self.config
         self.model = build_model(config["model"])
-        self.loss_name = config["loss"]
+        self.loss = LOSSES.get(config["loss"])  # an unknown name fails here, before any step
         self.monitor = config["monitor"]["metric"]
         self.val_evaluator = build_evaluator({**config["evaluator"], "reference": False})
         # a checkpoint's stored config may have no bootstrap block: its test scores then go without intervals
@@ -57,14 +38,13 @@ class ForecastModule(ForecastTestStep, EarthcastModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch["inputs"])
-        loss = self.check_finite(forecast_loss(self.loss_name, prediction, batch["targets"], batch.get("mask")),
-                                 "training loss")
+        loss = self.check_finite(self.loss(prediction, batch["targets"], batch.get("mask")), "training loss")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prediction = self.model(batch["inputs"])
-        loss = forecast_loss(self.loss_name, prediction, batch["targets"], batch.get("mask"))
+        loss = self.loss(prediction, batch["targets"], batch.get("mask"))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["inputs"].shape[0])
         self.val_evaluator.update(self.units(prediction), self.units(batch["targets"]), meta=metadata(batch))
 

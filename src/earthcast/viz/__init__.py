@@ -1,4 +1,4 @@
-"""Plots: the SEVIR VIL colormap and sequence figures (matplotlib, Agg canvas)."""
+"""Plots: the SEVIR VIL colormap, sequence figures and their animations (matplotlib, Agg canvas)."""
 
 from earthcast.viz.sequences import (
     plot_forecast_file,
