@@ -59,12 +59,22 @@ def run_id() -> str:
     return f"slurm-{job}" if job else _started.strftime("%Y-%m-%d/%H-%M-%S-%f")
 
 
-def check_writable(directory: str | os.PathLike, what: str = "run directory", fix: str = WHERE_TO_WRITE) -> Path:
-    """Create `directory` if needed and prove a file can be written in it; one-line UserError otherwise."""
+def check_writable(directory: str | os.PathLike, what: str = "run directory", fix: str = WHERE_TO_WRITE,
+                   create: bool = True) -> Path:
+    """Prove a file can be written in `directory` (created if needed); one-line UserError otherwise. With
+    create=False nothing is created: the probe goes to the nearest existing folder, where the run would create
+    the missing ones (so a run refused later leaves no empty output folder behind)."""
     directory = Path(directory)
+    probe_dir = directory
+    if not create:
+        while not probe_dir.exists() and probe_dir.parent != probe_dir:
+            probe_dir = probe_dir.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".earthcast-probe-"):
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        elif not probe_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".earthcast-probe-"):
             pass
     except OSError as err:
         raise UserError(f"cannot write the {what} {directory} ({describe_os_error(err)}); {fix}") from None

@@ -281,5 +281,6 @@ def _check_outputs(cfg, command: str) -> None:
     dirpath = _select(cfg, "callbacks.model_checkpoint.dirpath")
     if command == "train" and isinstance(dirpath, str):
         check_writable(dirpath, "checkpoint directory",
-                       "point callbacks.model_checkpoint.dirpath= (or the run directory) at a writable directory")
+                       "point callbacks.model_checkpoint.dirpath= (or the run directory) at a writable directory",
+                       create=False)
 

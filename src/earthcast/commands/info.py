@@ -142,6 +142,24 @@ def time_calls(fn, warmup: int, repeats: int, sync=None) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+def time_after_eval(model: torch.nn.Module, inputs: torch.Tensor, step, autocast, repeats: int, sync=None) -> float:
+    """Median wall seconds of a training step taken right after an inference call in eval mode."""
+    walls = []
+    for _ in range(repeats):
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(inputs)
+        model.train()
+        if sync:
+            sync()
+        start = time.perf_counter()
+        step()
+        if sync:
+            sync()
+        walls.append(time.perf_counter() - start)
+    return statistics.median(walls)
+
+
 def matmul_rates(device: torch.device, size: int = 2048, repeats: int = 5) -> dict:
     """GFLOP/s of a size×size matmul (2·size³ FLOPs) in float32 and bfloat16: the machine's practical peak
     for dense arithmetic, as the model's kernels see it (same device, same threads)."""
@@ -150,7 +168,7 @@ def matmul_rates(device: torch.device, size: int = 2048, repeats: int = 5) -> di
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        seconds = time_calls(lambda a=a, b=b: a @ b, warmup=2, repeats=repeats, sync=sync)
+        seconds, _ = time_calls(lambda a=a, b=b: a @ b, warmup=2, repeats=repeats, sync=sync)
         rates[f"matmul_gflops_per_s_{name}"] = 2 * size**3 / seconds / 1e9
     return rates
 
@@ -189,6 +207,8 @@ def measure(model: torch.nn.Module, inputs: torch.Tensor, *, bench: bool, warmup
         with torch.no_grad(), autocast():
             facts["inference_s"], _ = time_calls(lambda: model(inputs), warmup, repeats, sync)
         model.train()
+        # validation every epoch: a training step right after an evaluation step must not rebuild anything
+        facts["train_step_after_eval_s"] = time_after_eval(model, inputs, step, autocast, repeats, sync)
         batch = inputs.shape[0]
         # backward costs about twice the forward (gradients for inputs and weights)
         facts["achieved_gflops_per_s_train"] = 3 * facts["gflops_forward_per_sample"] * batch / facts["train_step_s"]
