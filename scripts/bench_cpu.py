@@ -5,6 +5,7 @@ and full SEVIR at batch 1 with and without activation checkpointing; one markdow
 
     python scripts/bench_cpu.py --out runs/bench            # every row (about 15 min on 2 cores)
     python scripts/bench_cpu.py --out runs/bench --only sevirlr enso
+    python scripts/bench_cpu.py --out runs/bench-gpu trainer=gpu      # overrides go to every row
 
 Each run's info.json lands in <out>/<row>/ and is reused when present, so an interrupted table resumes. The
 machine's CPU model and the load averages before and after each run are recorded beside the table
@@ -30,6 +31,8 @@ ROWS = {
        for p in ("32-true", "bf16-mixed")},
     **{f"sevir_b1_L{level}": ["model=earthformer_sevir", "dataset=sevir", "batch_size=1", "trainer.precision=32-true",
                               f"model.checkpoint_level={level}", "warmup=1", "repeats=3"] for level in (0, 3)},
+    "sevir_b1_L1_stem_head": ["model=earthformer_sevir", "dataset=sevir", "batch_size=1", "trainer.precision=32-true",
+                              "model.checkpoint_level=1", "model.recompute_stem_head=true", "warmup=1", "repeats=3"],
 }
 COLUMNS = ("train_step_s", "train_step_after_eval_s", "inference_s", "achieved_gflops_per_s_train",
            "matmul_gflops_per_s_fp32", "matmul_gflops_per_s_bf16", "train_fraction_of_matmul",
@@ -47,12 +50,12 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_row(name: str, overrides: list[str], out: Path) -> dict:
+def run_row(name: str, overrides: list[str], out: Path, extra: list[str]) -> dict:
     run_dir = out / name
     info = run_dir / "info.json"
     if not info.exists():
         before = load()
-        command = [str(Path(sys.executable).with_name("earthcast")), "info", "+bench=true", *overrides,
+        command = [str(Path(sys.executable).with_name("earthcast")), "info", "+bench=true", *overrides, *extra,
                    f"hydra.run.dir={run_dir}"]
         if not any(o.startswith("warmup=") for o in overrides):
             command += ["warmup=3", "repeats=10"]
@@ -66,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=None, help="row name prefixes")
+    parser.add_argument("overrides", nargs="*", help="earthcast overrides added to every row")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"{cpu_model()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
@@ -74,7 +78,7 @@ def main() -> None:
     for name, overrides in ROWS.items():
         if args.only and not any(name.startswith(prefix) for prefix in args.only):
             continue
-        facts = run_row(name, overrides, args.out)
+        facts = run_row(name, overrides, args.out, args.overrides)
         cells = [f"{facts[c]:.3g}" if isinstance(facts.get(c), float) else str(facts.get(c, "–")) for c in COLUMNS]
         loads = (args.out / name / "load.txt").read_text().splitlines()[0]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {loads} |")

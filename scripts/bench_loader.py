@@ -63,7 +63,7 @@ def measure(cfg, split: str, max_batches: int) -> dict:
     elapsed = time.perf_counter() - start
     del batches, loader
     datamodule.teardown()
-    return {"workers": cfg.num_workers, "first_batch_s": first_s, "sequences": sequences, "seconds": elapsed,
+    return {"workers": cfg["num_workers"], "first_batch_s": first_s, "sequences": sequences, "seconds": elapsed,
             "sequences_per_s": sequences / elapsed if elapsed else float("nan"),
             "shape": tuple(first["inputs"].shape[1:])}
 

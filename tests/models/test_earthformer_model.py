@@ -237,12 +237,12 @@ def test_rms_norm_is_the_reference_formula():
     assert torch.allclose(norm(x), expected)
 
 
-@pytest.mark.parametrize("level", [1, 2, 3])
-def test_activation_checkpointing_changes_memory_not_results(level):
+@pytest.mark.parametrize("level, stem_head", [(1, False), (2, False), (3, False), (0, True), (1, True)])
+def test_activation_checkpointing_changes_memory_not_results(level, stem_head):
     """Recomputing activations in backward gives the same output and gradients as storing them."""
     torch.manual_seed(0)
     reference = tiny()
-    recomputing = tiny(checkpoint_level=level)
+    recomputing = tiny(checkpoint_level=level, recompute_stem_head=stem_head)
     recomputing.load_state_dict(reference.state_dict())
     x = torch.rand(2, 5, 16, 16, 1)
     for model in (reference, recomputing):

@@ -96,6 +96,7 @@ class EarthformerConfig:
     # decoder query: 'zeros' (a learned position embedding) | 'last' | 'mean' | 'nearest_interp' (of the top memory)
     z_init_method: str = "zeros"
     checkpoint_level: int = 0  # 0 none, 1 recompute FFNs in backward, 2 also attention, 3 also stem and head
+    recompute_stem_head: bool = False  # ours: recompute the full-resolution stem and head at any level
     # convolutional stem and head
     stem_type: str = "stack_conv"  # conv: one stage at base_units, GroupNorm(16) | stack_conv: GroupNorm(d/4)
     stem_dims: list[int] | None = None  # per-stage widths; last = base_units (default [base_units])
@@ -285,12 +286,13 @@ class Earthformer(Forecaster):
         if cfg.stem_type not in ("conv", "stack_conv"):
             raise ValueError(f"stem_type must be 'conv' or 'stack_conv', got {cfg.stem_type!r}")
         groups = [math.gcd(16, d) if cfg.stem_type == "conv" else max(1, d // 4) for d in cfg.stem_dims]
+        recompute_stem_head = cfg.recompute_stem_head or cfg.checkpoint_level >= 3
         self.stem = ConvStem(cfg.in_channels, cfg.stem_dims, stage_scales, cfg.stem_num_convs, groups,
-                             cfg.stem_activation, cfg.padding_type, recompute=cfg.checkpoint_level >= 3)
+                             cfg.stem_activation, cfg.padding_type, recompute=recompute_stem_head)
         stem_shapes = self.stem.out_shapes((cfg.in_len, cfg.height, cfg.width, cfg.in_channels))
         sizes = [(cfg.height, cfg.width)] + [s[1:3] for s in stem_shapes[:-1]]
         self.head = ConvHead(cfg.stem_dims, sizes, cfg.head_num_convs, groups, cfg.stem_activation,
-                             recompute=cfg.checkpoint_level >= 3)
+                             recompute=recompute_stem_head)
         self.out_proj = nn.Linear(cfg.stem_dims[0], cfg.out_channels)
         self.input_skip = InputSkip(cfg) if cfg.input_skip_leads else None
 
