@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from earthcast.layers.norm import GroupNorm
 from earthcast.models.base import MODELS, Forecaster, configured
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "group":
-        return nn.GroupNorm(math.gcd(8, channels), channels)  # largest group count ≤ 8 dividing channels
+        return GroupNorm(math.gcd(8, channels), channels)  # largest group count ≤ 8 dividing channels
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     return nn.Identity()

@@ -35,6 +35,7 @@ from earthcast.layers.blocks import (
     unframes,
 )
 from earthcast.layers.init import init_linear
+from earthcast.layers.norm import GroupNorm
 from earthcast.layers.patterns import cross_pattern, self_pattern
 from earthcast.models.base import Forecaster
 from earthcast.models.earthformer.stem import ConvHead, ConvStem
@@ -264,8 +265,8 @@ class InputSkip(nn.Module):
         width, units = cfg.stem_dims[0], cfg.input_skip_units
         self.inputs_conv = nn.Conv2d(cfg.in_len * cfg.in_channels, width, 3, padding=1)
         self.mix = nn.Sequential(
-            nn.GroupNorm(max(1, width // 4), width), activation(cfg.stem_activation),
-            nn.Conv2d(width, units, 1), nn.GroupNorm(max(1, units // 4), units), activation(cfg.stem_activation),
+            GroupNorm(max(1, width // 4), width), activation(cfg.stem_activation),
+            nn.Conv2d(width, units, 1), GroupNorm(max(1, units // 4), units), activation(cfg.stem_activation),
         )
         self.out = nn.Linear(units, cfg.out_channels)
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from earthcast.layers.blocks import PatchMerge, Upsample, activation, frames, unframes
+from earthcast.layers.norm import GroupNorm
 
 Shape4 = tuple[int, int, int, int]
 
@@ -24,7 +25,7 @@ Shape4 = tuple[int, int, int, int]
 def conv_stack(c_in: int, c_out: int, num_convs: int, groups: int, act: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(num_convs):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out),
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1), GroupNorm(groups, c_out),
                    activation(act)]
     return nn.Sequential(*layers)
 

@@ -19,13 +19,14 @@ from torch import nn
 
 from earthcast.layers.blocks import PatchMerge, PositionEmbedding, SelfAttentionBlock
 from earthcast.layers.init import init_linear
+from earthcast.layers.norm import GroupNorm
 from earthcast.layers.patterns import self_pattern
 
 
-def group_norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int, eps: float = 1e-5) -> GroupNorm:
     """GroupNorm with `groups` groups, or one group per channel when `groups` does not divide `channels`
     (the reference's rule for its residual blocks, e.g. the 65-channel input of the denoiser)."""
-    return nn.GroupNorm(groups if channels % groups == 0 else channels, channels, eps=eps)
+    return GroupNorm(groups if channels % groups == 0 else channels, channels, eps=eps)
 
 
 class ResidualBlock(nn.Module):
