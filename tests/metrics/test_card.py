@@ -40,6 +40,17 @@ def constructed(n_per_type=6) -> Evaluation:
                       results["replicates"], protocol, {"name": "constructed"})
 
 
+def scored(name: str, pred: torch.Tensor, target: torch.Tensor) -> Evaluation:
+    """The evaluation of `pred` (a forecast or, with a member axis, an ensemble) against `target`, one event per
+    sample, without persistence."""
+    n = target.shape[0]
+    evaluator = SevirEvaluator(thresholds=[16, 74], pool_sizes=[], fss_thresholds=[], fss_scales=[],
+                               frame_minutes=5, reference=False, bootstrap=BOOT)
+    evaluator.update(pred, target, meta={"event_id": [f"E{i}" for i in range(n)], "seq_start": torch.zeros(n)})
+    results = evaluator.results()
+    return Evaluation(name, results["scores"], results["by_lead"], results["by_group"], results["replicates"])
+
+
 def test_worst_groups_are_listed_largest_gap_first():
     gaps = worst_rows(constructed())
     mse = gaps[gaps["score"] == "mse"]
@@ -90,12 +101,7 @@ def test_intensity_loss_is_stated_with_its_frequency_bias():
     target = field.expand(n, 3, 4, 4).clone()
     pred = target.clone()
     pred[:, 1:] *= 0.5
-    evaluator = SevirEvaluator(thresholds=[16, 74], pool_sizes=[], fss_thresholds=[], fss_scales=[],
-                               frame_minutes=5, reference=False, bootstrap=BOOT)
-    evaluator.update(pred, target, meta={"event_id": [f"E{i}" for i in range(n)], "seq_start": torch.zeros(n)})
-    results = evaluator.results()
-    evaluation = Evaluation("halving", results["scores"], results["by_lead"], results["by_group"],
-                            results["replicates"])
+    evaluation = scored("halving", pred, target)
     statements = limitations(evaluation, worst_rows(evaluation), None)
     assert "Loses intensity at ≥ 74 from 10 min on: frequency bias 0.00 at 10 min, 0.00 at 15 min." in statements
 
@@ -142,12 +148,7 @@ def test_card_of_an_ensemble_shows_its_calibration():
     target = torch.rand(n, 2, 6, 6, generator=g) * 200
     ensemble = target.unsqueeze(1) + torch.randn(n, members, 2, 6, 6, generator=g) * 30
     ensemble = ensemble - ensemble.mean(dim=1, keepdim=True) + target.unsqueeze(1) + 5  # the mean errs by 5
-    evaluator = SevirEvaluator(thresholds=[16, 74], pool_sizes=[], fss_thresholds=[], fss_scales=[],
-                               frame_minutes=5, reference=False, bootstrap=BOOT)
-    evaluator.update(ensemble, target, meta={"event_id": [f"E{i}" for i in range(n)], "seq_start": torch.zeros(n)})
-    results = evaluator.results()
-    evaluation = Evaluation("ensemble", results["scores"], results["by_lead"], results["by_group"],
-                            results["replicates"])
+    evaluation = scored("ensemble", ensemble, target)
     text = "\n".join(card_lines(evaluation, {}))
     assert "## Ensemble calibration" in text and "rank_histogram.png" in text
     low, high = evaluation.interval("spread_skill_ratio")

@@ -95,8 +95,9 @@ def test_learn_logvar_trains_the_log_variances_with_the_denoiser():
     assert module.loss_weight.logvar.detach().abs().max() > 0  # the optimizer moved some s_t
 
 
-@pytest.mark.parametrize("unit_variance", [True, False])
-def test_unit_variance_latents_take_the_vae_scale_or_none(tmp_path, unit_variance):
+def ldm_config_over_a_vae_checkpoint(tmp_path):
+    """A VAE stage (latent scale 2.5) saved as a checkpoint, and an LDM config that names it instead of
+    carrying the VAE inline."""
     torch.manual_seed(0)
     vae = PreDiffVAEModule(vae_config())
     vae.latent_scale.fill_(2.5)
@@ -104,7 +105,14 @@ def test_unit_variance_latents_take_the_vae_scale_or_none(tmp_path, unit_varianc
     torch.save({"state_dict": vae.state_dict(), "hyper_parameters": {"config": vae.config}}, path)
     config = ldm_config()
     config["model"] = {k: v for k, v in config["model"].items() if k not in ("vae", "latent_scale")}
-    config["model"].update(vae_ckpt=str(path), unit_variance_latents=unit_variance)
+    config["model"]["vae_ckpt"] = str(path)
+    return vae, config
+
+
+@pytest.mark.parametrize("unit_variance", [True, False])
+def test_unit_variance_latents_take_the_vae_scale_or_none(tmp_path, unit_variance):
+    vae, config = ldm_config_over_a_vae_checkpoint(tmp_path)
+    config["model"]["unit_variance_latents"] = unit_variance
     ldm = PreDiffLDMModule.from_config(config)
     scale = 2.5 if unit_variance else 1.0
     x = prediff_batch(1)["inputs"]
@@ -142,14 +150,7 @@ def test_ldm_overfits_fixed_noise_levels():
 
 
 def test_ldm_from_its_vae_checkpoint_copies_config_and_weights(tmp_path):
-    torch.manual_seed(0)
-    vae = PreDiffVAEModule(vae_config())
-    vae.latent_scale.fill_(2.5)
-    path = tmp_path / "vae.ckpt"
-    torch.save({"state_dict": vae.state_dict(), "hyper_parameters": {"config": vae.config}}, path)
-    config = ldm_config()
-    config["model"] = {k: v for k, v in config["model"].items() if k not in ("vae", "latent_scale")}
-    config["model"]["vae_ckpt"] = str(path)
+    vae, config = ldm_config_over_a_vae_checkpoint(tmp_path)
     with pytest.raises(UserError, match="no model.vae"):
         PreDiffLDMModule(config)  # the constructor reads no file
     ldm = PreDiffLDMModule.from_config(config)
